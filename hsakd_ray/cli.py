@@ -1,0 +1,114 @@
+"""Command line: argument parsing and error presentation only (one line, exit code 2, no traceback)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError
+
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import build_backbone, build_model, list_architectures
+
+    print(f"{'arch':<20}{'stages':>7}{'backbone params':>17}{'with all heads':>16}")
+    for arch in list_architectures():
+        backbone = sum(p.numel() for p in build_backbone(arch, args.num_classes).parameters())
+        net = build_model(arch, args.num_classes, "all")
+        total = sum(p.numel() for p in net.parameters())
+        print(f"{arch:<20}{net.num_stages:>7}{backbone:>17,}{total:>16,}")
+
+
+def run_name(cfg, kind: str) -> str:
+    arch = cfg.teacher.arch if kind == "teacher" else cfg.student.arch
+    return cfg.tracking.run_name or f"{kind}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.local:
+        from .engine import run_job
+        from .engine.reporting import LocalReporter
+        from .engine.runner import Runtime, resolve_device
+
+        run_dir = Path(cfg.train.output_dir) / run_name(cfg, args.command)
+        reporter = LocalReporter(run_dir, cfg.train.epochs, cfg.train.checkpoint_every)
+        metrics = run_job(cfg, args.command, Runtime(device=resolve_device(cfg.train.device), report=reporter))
+        print(f"done: {run_dir}/best (best {reporter.best})  final: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))
+        return
+    from .train.job import run_ray_job
+
+    run_ray_job(cfg, args.command, config_path=args.config, tracking_uri=args.tracking_uri, resume=args.resume,
+                address=args.address)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .config import apply_overrides, config_from_dict, read_yaml
+    from .data import build_datasets
+    from .engine import load_network, resolve_device
+    from .engine.loop import evaluate
+    from .engine.runner import Runtime, make_loaders
+
+    ckpt = Path(args.checkpoint)
+    cfg = config_from_dict(apply_overrides(read_yaml(ckpt / "config.yaml"), args.set))
+    net = load_network(ckpt, role="checkpoint")
+    device = resolve_device(cfg.train.device)
+    net.to(device)
+    data = build_datasets(cfg.data)
+    _, loader = make_loaders(data.train, data.eval, cfg, Runtime(device=device))
+    with torch.inference_mode():
+        metrics = evaluate(net, loader, device)
+    print(f"{ckpt} ({net.arch}, {data.eval_split} split of {cfg.data.name}, {len(data.eval)} images)")
+    for key, value in metrics.items():
+        print(f"  {data.eval_split}/{key:<22}{value:8.2f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsakd-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="list architectures with stage and parameter counts")
+    models.add_argument("--num-classes", type=int, default=100)
+    models.set_defaults(func=cmd_models)
+    for kind, text in (("teacher", "train a teacher with auxiliary heads"),
+                       ("distill", "distill a student (hsakd / kd / ce / mutual)"),
+                       ("probe", "linear probe on a trained network's frozen features")):
+        p = sub.add_parser(kind, help=text)
+        p.add_argument("config", help="YAML config (see README, Configuration)")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config key (repeatable)")
+        p.add_argument("--local", action="store_true", help="run in this process, without Ray or MLflow")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
+        p.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
+        p.add_argument("--resume", action="store_true", help="continue the run of the same name from its latest checkpoint")
+        p.set_defaults(func=cmd_job)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint directory on its dataset's test split")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"hsakd-ray: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hsakd-ray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The one config schema for every command: typed dataclasses, strict YAML loading and ``--set`` overrides.
+
+Every key is documented in README.md ("Configuration"). Unknown keys, wrong types and out-of-range values raise
+``ConfigError`` with a one-line message naming the dotted key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["cifar100", "cifar10", "imagefolder", "stl10", "tinyimagenet", "digits", "synthetic"] = "cifar100"
+    root: str = "./data"                   # dataset directory (torchvision layout)
+    download: bool = False                 # let torchvision download cifar/stl10 when missing
+    train_root: str | None = None          # imagefolder / tinyimagenet: class-per-folder training tree
+    val_root: str | None = None            # imagefolder / tinyimagenet: class-per-folder evaluation tree
+    image_size: int | None = field(default=None, metadata=_range(16))  # None: the dataset's native size
+    augment: bool = True                   # the published training augmentation
+    val_fraction: float = field(default=0.0, metadata=_range(0.0, 0.5))  # >0: evaluate on a held-out split
+    split_seed: int = 0                    # seed of the stratified validation / few-shot split
+    few_shot_ratio: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    synthetic_train_size: int = field(default=512, metadata=_range(1))
+    synthetic_test_size: int = field(default=128, metadata=_range(1))
+    synthetic_classes: int = field(default=10, metadata=_range(2))
+    loader_workers: int = field(default=0, metadata=_range(0))  # DataLoader worker processes per trainer worker
+
+
+@dataclass
+class NetworkConfig:
+    arch: str = "wrn_16_2"
+    aux_stages: Union[Literal["all"], list[int]] = "all"  # stages carrying auxiliary heads (1-based)
+    checkpoint: str | None = None          # path, runs:/RUN_ID/PATH or models:/NAME/VERSION
+    pretrained: str | None = None          # backbone weights (e.g. a torchvision state dict) for frozen mode
+    mode: Literal["joint", "frozen"] = "joint"  # teacher: train backbone with heads, or heads on a fixed backbone
+
+
+@dataclass
+class DistillConfig:
+    method: Literal["hsakd", "kd", "ce", "mutual"] = "hsakd"
+    temperature: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
+    head_temperature: float | None = field(default=None, metadata=_range(0.0, lo_open=True))  # None: temperature
+    alpha: float = field(default=1.0, metadata=_range(0.0))  # weight of the head-by-head KL terms
+    beta: float = field(default=1.0, metadata=_range(0.0))   # weight of the final-layer KL over all rotations
+    head_weights: list[float] | None = None  # one weight per paired head, in stage order; None: all 1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    nesterov: bool = True
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
+    warmup_epochs: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=240, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))  # global images per step, before rotation (x4 rows)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "./outputs"          # where runs write checkpoints
+    checkpoint_every: int = field(default=1, metadata=_range(1))
+    channels_last: bool = True             # fast path: NHWC memory format
+    bf16: bool = True                      # fast path on GPU: bf16 autocast (ignored on CPU)
+    compile: bool = False                  # fast path: torch.compile the student and teacher
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = field(default=1, metadata=_range(1))
+    use_gpu: bool = False
+    cpus_per_worker: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    gpus_per_worker: float = field(default=1.0, metadata=_range(0.0))
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None             # None: start a local Ray; "auto" or host:port: join a cluster
+    storage_path: str = "./ray_results"    # local dir, or a shared filesystem / s3:// / gs:// URI on clusters
+    max_failures: int = field(default=2, metadata=_range(-1))
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None                 # None: MLFLOW_TRACKING_URI, else MLflow's default
+    experiment: str = "hsakd-ray"
+    run_name: str | None = None            # also names the Ray run (storage_path/run_name); default kind-arch-time
+    register_model: str | None = None      # register the best checkpoint as this MLflow model name
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: NetworkConfig = field(default_factory=lambda: NetworkConfig(arch="wrn_40_2"))
+    student: NetworkConfig = field(default_factory=NetworkConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------- building and validation
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_describe(tp)}, got {value!r}")
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if "lo" not in meta or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, lo_open = meta["lo"], meta["hi"], meta["lo_open"]
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and value > hi
+    if too_low or too_high:
+        left = "(" if lo_open else "["
+        allowed = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(f"{key} must be in {allowed}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(fields)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, value or {}, key)
+        else:
+            values[name] = _coerce(value, tp, key)
+            _check_range(values[name], fields[name].metadata, key)
+    base = cls()
+    return dataclasses.replace(base, **values)
+
+
+def config_from_dict(raw: dict) -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that one key's type cannot express."""
+    from .models import list_architectures, num_stages  # local: models import torch
+
+    for section in ("teacher", "student"):
+        net: NetworkConfig = getattr(cfg, section)
+        if net.arch not in list_architectures():
+            raise ConfigError(f"{section}.arch {net.arch!r} is unknown; choose one of: {', '.join(list_architectures())}")
+        if net.aux_stages != "all":
+            stages = num_stages(net.arch)
+            bad = [s for s in net.aux_stages if not 1 <= s <= stages]
+            if bad:
+                raise ConfigError(f"{section}.aux_stages {bad} not in 1..{stages}: {net.arch} has {stages} stages")
+    if any(m < 1 for m in cfg.optim.milestones):
+        raise ConfigError(f"optim.milestones must be epochs >= 1, got {cfg.optim.milestones}")
+    if cfg.distill.head_weights is not None and any(w < 0 for w in cfg.distill.head_weights):
+        raise ConfigError(f"distill.head_weights must be >= 0, got {cfg.distill.head_weights}")
+    if cfg.scaling.use_gpu and cfg.scaling.gpus_per_worker < 1 and cfg.scaling.num_workers > 1:
+        raise ConfigError(
+            "scaling.gpus_per_worker < 1 (fractional GPUs) works only with scaling.num_workers: 1 "
+            "(multi-worker NCCL on a shared GPU fails)"
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set key {key!r} must be dotted: section.key")
+    return parts, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        set_dotted(raw, parts, value)
+    return raw
+
+
+def set_dotted(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"section.key": value} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,16 @@
+"""Datasets by name with the published augmentation, stratified validation / few-shot splits, in-memory fast paths."""
+from .bundle import DataBundle, build_datasets
+from .memory import TensorImageDataset, as_tensors, tensor_augmentation
+from .registry import DATASETS
+from .splits import dataset_targets, stratified_split
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "TensorImageDataset",
+    "as_tensors",
+    "build_datasets",
+    "dataset_targets",
+    "stratified_split",
+    "tensor_augmentation",
+]

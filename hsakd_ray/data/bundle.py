@@ -1,0 +1,51 @@
+"""``build_datasets``: one config in, the training set and the evaluation set (test, or held-out validation) out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch.utils.data import Dataset, Subset
+
+from ..config import DataConfig
+from .registry import load_source
+from .splits import dataset_targets, stratified_split
+from .transforms import Transformed
+
+
+@dataclass
+class DataBundle:
+    """What a run trains and evaluates on; items are (normalised C x H x W float tensor, int label)."""
+
+    train: Dataset                    # training augmentation applied on access
+    eval: Dataset                     # no augmentation: the test set, or the validation split when eval_split == "val"
+    num_classes: int
+    image_size: int
+    eval_split: Literal["test", "val"]
+    mean: tuple[float, float, float]  # per-channel normalisation applied to every image
+    std: tuple[float, float, float]
+
+
+def build_datasets(cfg: DataConfig) -> DataBundle:
+    """Load ``cfg.name`` and carve the validation split (``val_fraction``) and few-shot subset (``few_shot_ratio``).
+
+    With ``val_fraction > 0`` evaluation uses a class-stratified split of the training set fixed by ``split_seed`` and
+    the test set is never touched (HSAKD.md section 9); the few-shot fraction is then taken from what remains.
+    """
+    source = load_source(cfg)
+    targets = dataset_targets(source.train)
+    train_idx = list(range(len(targets)))
+    if cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(targets, cfg.val_fraction, cfg.split_seed)
+        eval_set: Dataset = Subset(Transformed(source.train, source.eval_transform), val_idx)
+        eval_split: Literal["test", "val"] = "val"
+    else:
+        eval_set = Transformed(source.test, source.eval_transform)
+        eval_split = "test"
+    if cfg.few_shot_ratio < 1:
+        _, chosen = stratified_split([targets[i] for i in train_idx], cfg.few_shot_ratio, cfg.split_seed)
+        train_idx = [train_idx[j] for j in chosen]
+    train_set: Dataset = Transformed(source.train, source.train_transform)
+    if len(train_idx) < len(targets):
+        train_set = Subset(train_set, train_idx)
+    mean, std = source.stats
+    return DataBundle(train_set, eval_set, source.num_classes, source.image_size, eval_split, mean, std)

@@ -1,0 +1,160 @@
+"""Datasets read from disk in their published layouts: CIFAR-10/100, STL-10, image folders, Tiny ImageNet.
+
+Checksums: with ``data.download: false`` the ``Local*`` classes below run torchvision's own parsing but check that each
+file exists instead of hashing it (torchvision's ``check_integrity`` with ``md5=None``). Hashing 160 MB (CIFAR) or
+2.6 GB (STL-10) at every trial and worker start costs seconds for nothing, since a damaged file still fails when parsed,
+and it would refuse copies in the real format produced elsewhere (the tests generate such files). With
+``data.download: true`` the stock torchvision classes run unchanged, download and md5 verification included.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
+from torchvision.datasets.folder import default_loader
+
+from ..config import DataConfig
+from .source import Source
+from .transforms import (
+    CIFAR10_STATS,
+    CIFAR100_STATS,
+    IMAGENET_STATS,
+    STL10_STATS,
+    TINYIMAGENET_STATS,
+    crop_flip_pipelines,
+    imagenet_pipelines,
+)
+
+
+def _existence_only(files: list[list[str]]) -> list[list[str | None]]:
+    return [[name, None] for name, _ in files]
+
+
+class LocalCIFAR10(CIFAR10):
+    """CIFAR-10 already on disk: torchvision's parsing, file existence instead of md5 (see the module docstring)."""
+
+    train_list = _existence_only(CIFAR10.train_list)
+    test_list = _existence_only(CIFAR10.test_list)
+    meta = {**CIFAR10.meta, "md5": None}
+
+
+class LocalCIFAR100(CIFAR100):
+    """CIFAR-100 already on disk: torchvision's parsing, file existence instead of md5 (see the module docstring)."""
+
+    train_list = _existence_only(CIFAR100.train_list)
+    test_list = _existence_only(CIFAR100.test_list)
+    meta = {**CIFAR100.meta, "md5": None}
+
+
+class LocalSTL10(STL10):
+    """STL-10 already on disk: torchvision's parsing, file existence instead of md5 (see the module docstring)."""
+
+    train_list = _existence_only(STL10.train_list)
+    test_list = _existence_only(STL10.test_list)
+
+
+def require_path(path: Path, what: str, fix: str) -> None:
+    """Raise a one-line FileNotFoundError naming ``path`` and how to fix it when ``path`` does not exist."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path} does not exist; {fix}")
+
+
+def _torchvision_splits(
+    cfg: DataConfig, stock: type[Dataset], local: type[Dataset], train_kw: dict, test_kw: dict
+) -> tuple[Dataset, Dataset]:
+    """Train and test sets of a downloadable torchvision dataset: stock class to download, ``local`` to read."""
+    if cfg.download:
+        return stock(cfg.root, download=True, **train_kw), stock(cfg.root, download=True, **test_kw)
+    folder = Path(cfg.root) / stock.base_folder
+    files = [name for name, _ in stock.train_list + stock.test_list]
+    if hasattr(stock, "meta"):
+        files.append(stock.meta["filename"])
+    fix = f"set data.download: true to fetch it, or data.root to the directory that holds {stock.base_folder}/"
+    for path in [folder] + [folder / name for name in files]:
+        require_path(path, f"{cfg.name} data", fix)
+    return local(cfg.root, **train_kw), local(cfg.root, **test_kw)
+
+
+def cifar_source(cfg: DataConfig) -> Source:
+    """CIFAR-100 or CIFAR-10 (by ``cfg.name``) with the published crop + flip augmentation."""
+    stock, local, stats, classes = {
+        "cifar100": (CIFAR100, LocalCIFAR100, CIFAR100_STATS, 100),
+        "cifar10": (CIFAR10, LocalCIFAR10, CIFAR10_STATS, 10),
+    }[cfg.name]
+    train, test = _torchvision_splits(cfg, stock, local, {"train": True}, {"train": False})
+    size = cfg.image_size or 32
+    return Source(train, test, classes, size, stats, *crop_flip_pipelines(32, size, stats, cfg.augment))
+
+
+def stl10_source(cfg: DataConfig) -> Source:
+    """STL-10's labelled train (5,000) and test (8,000) splits, 96 px native."""
+    train, test = _torchvision_splits(cfg, STL10, LocalSTL10, {"split": "train"}, {"split": "test"})
+    size = cfg.image_size or 96
+    return Source(train, test, 10, size, STL10_STATS, *crop_flip_pipelines(96, size, STL10_STATS, cfg.augment))
+
+
+def _image_folder(path: Path, what: str, fix: str) -> ImageFolder:
+    require_path(path, what, fix)
+    return ImageFolder(path)
+
+
+def _check_same_classes(train: ImageFolder, test: ImageFolder, test_dir: Path) -> None:
+    if train.classes != test.classes:
+        missing = sorted(set(train.classes) ^ set(test.classes))
+        raise ValueError(f"class folders of {test_dir} differ from the training set's: {missing[:5]}")
+
+
+def imagefolder_source(cfg: DataConfig) -> Source:
+    """ImageNet-style class-per-folder trees: ``train_root`` / ``val_root``, by default ``root``/train and /val."""
+    train_dir = Path(cfg.train_root) if cfg.train_root else Path(cfg.root) / "train"
+    val_dir = Path(cfg.val_root) if cfg.val_root else Path(cfg.root) / "val"
+    train = _image_folder(train_dir, "imagefolder training set", "set data.train_root (or data.root holding train/)")
+    test = _image_folder(val_dir, "imagefolder evaluation set", "set data.val_root (or data.root holding val/)")
+    _check_same_classes(train, test, val_dir)
+    size = cfg.image_size or 224
+    pipelines = imagenet_pipelines(size, IMAGENET_STATS, cfg.augment)
+    return Source(train, test, len(train.classes), size, IMAGENET_STATS, *pipelines)
+
+
+class TinyImageNetVal(Dataset):
+    """Tiny ImageNet's validation set: images in val/images, labels in val/val_annotations.txt (file, wnid, box)."""
+
+    def __init__(self, val_dir: Path, class_to_idx: dict[str, int]) -> None:
+        annotations = val_dir / "val_annotations.txt"
+        self.samples: list[tuple[Path, int]] = []
+        for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2 or fields[1] not in class_to_idx:
+                raise ValueError(f"{annotations}:{line_no}: expected 'FILE WNID ...' with a WNID of the training set")
+            self.samples.append((val_dir / "images" / fields[0], class_to_idx[fields[1]]))
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        path, label = self.samples[index]
+        return default_loader(str(path)), label
+
+
+def tinyimagenet_source(cfg: DataConfig) -> Source:
+    """Tiny ImageNet (200 classes, 64 px) in its published layout under ``root`` (or ``root``/tiny-imagenet-200)."""
+    nested = Path(cfg.root) / "tiny-imagenet-200"
+    base = nested if nested.is_dir() else Path(cfg.root)
+    train_dir = Path(cfg.train_root) if cfg.train_root else base / "train"
+    val_dir = Path(cfg.val_root) if cfg.val_root else base / "val"
+    fix = "set data.root to the directory that holds tiny-imagenet-200/ (or data.train_root / data.val_root)"
+    # train/<wnid>/images/*.JPEG: ImageFolder finds the images by walking each class folder
+    train = _image_folder(train_dir, "tinyimagenet training set", fix)
+    require_path(val_dir, "tinyimagenet validation set", fix)
+    if (val_dir / "val_annotations.txt").is_file():
+        test: Dataset = TinyImageNetVal(val_dir, train.class_to_idx)
+    else:
+        test = ImageFolder(val_dir)
+        _check_same_classes(train, test, val_dir)
+    size = cfg.image_size or 64
+    pipelines = crop_flip_pipelines(64, size, TINYIMAGENET_STATS, cfg.augment)
+    return Source(train, test, len(train.classes), size, TINYIMAGENET_STATS, *pipelines)

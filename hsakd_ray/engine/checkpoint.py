@@ -1,0 +1,112 @@
+"""Checkpoint directories: ``model.pt`` (weights), ``config.yaml`` (resolved config), ``meta.json`` (arch, classes,
+placement, metrics) and, for resuming, ``train_state.pt``. Written atomically, loaded with ``weights_only=True``."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import HSAKDNet, build_model, num_stages
+
+MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.pt", "meta.json", "config.yaml", "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit what was asked for."""
+
+
+def write_checkpoint(path: str | Path, *, model_state: dict, meta: dict, config_yaml: str,
+                     train_state: dict | None = None, extra: dict[str, dict] | None = None) -> Path:
+    """Write a checkpoint directory at ``path``: into a temporary sibling first, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    torch.save(model_state, tmp / MODEL_FILE)
+    for name, state in (extra or {}).items():
+        torch.save(state, tmp / f"{name}.pt")
+    if train_state is not None:
+        torch.save(train_state, tmp / STATE_FILE)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (tmp / CONFIG_FILE).write_text(config_yaml)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(f"{str(path)!r} is not an hsakd-ray checkpoint directory (no {META_FILE})")
+    try:
+        return json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_file} is corrupt: {exc}") from None
+
+
+def load_tensor_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` onto the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {str(path)!r} not found") from None
+
+
+def load_train_state(path: str | Path) -> dict | None:
+    file = Path(path) / STATE_FILE
+    return load_tensor_file(file) if file.is_file() else None
+
+
+def _remap_heads(state: dict, stored: Sequence[int], wanted: Sequence[int]) -> dict:
+    """Keep only the heads at ``wanted`` stages and renumber them to their position in ``wanted``."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("heads."):
+            _, idx, rest = key.split(".", 2)
+            stage = stored[int(idx)]
+            if stage not in wanted:
+                continue
+            key = f"heads.{list(wanted).index(stage)}.{rest}"
+        out[key] = value
+    return out
+
+
+def load_network(path: str | Path, arch: str | None = None, aux_stages: str | Sequence[int] | None = None,
+                 role: str = "teacher") -> HSAKDNet:
+    """Build the network stored at ``path`` and load its weights.
+
+    ``arch`` must match the stored one; ``aux_stages`` (a subset of the stored heads) selects which heads to keep,
+    so a teacher trained with heads everywhere serves any student placement.
+    """
+    meta = read_meta(path)
+    stored_arch, stored_stages = meta["arch"], list(meta["aux_stages"])
+    if arch is not None and arch != stored_arch:
+        raise CheckpointError(f"{role} checkpoint {str(path)!r} holds {stored_arch!r}, but {role}.arch is {arch!r}")
+    if aux_stages is None:
+        wanted = stored_stages
+    elif aux_stages == "all":
+        wanted = list(range(1, num_stages(stored_arch) + 1))
+    else:
+        wanted = sorted(aux_stages)
+    missing = [s for s in wanted if s not in stored_stages]
+    if missing:
+        raise CheckpointError(
+            f"{role} checkpoint {str(path)!r} has heads at stages {stored_stages}; stages {missing} were asked for "
+            f"(a student placement must be a subset of the teacher's heads)"
+        )
+    net = build_model(stored_arch, meta["num_classes"], aux_stages=wanted)
+    state = _remap_heads(load_tensor_file(Path(path) / MODEL_FILE), stored_stages, wanted)
+    net.load_state_dict(state)
+    return net

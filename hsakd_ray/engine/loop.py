@@ -1,0 +1,83 @@
+"""The epoch loops: train (loss parts accumulated on the device, no per-step host sync) and evaluate (exact counts
+over the whole eval set, summed across workers when a process group is up)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+
+from .. import distill as D
+from ..models import HSAKDNet
+from .tasks import Task
+
+
+def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum every tensor across workers (no-op outside a process group). Keys must agree across workers."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sums
+    keys = sorted(sums)
+    flat = torch.stack([sums[k].double() for k in keys])
+    dist.all_reduce(flat)
+    return dict(zip(keys, flat))
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable, device: torch.device,
+                channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss parts (over all workers), images seen and seconds taken."""
+    task.train()
+    totals: dict[str, torch.Tensor] = {}
+    steps, images = 0, 0
+    start = time.perf_counter()
+    for x, y in batches:
+        x, y = to_device(x, y, device, channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            parts = task.step(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        for k, v in parts.items():
+            totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
+        steps += 1
+        images += x.shape[0]
+    totals["steps"] = torch.tensor(float(steps), device=device)
+    totals["images"] = torch.tensor(float(images), device=device)
+    summed = all_reduce_sums(totals)  # one host sync per epoch, here
+    seconds = time.perf_counter() - start
+    n_steps = max(float(summed.pop("steps")), 1.0)
+    n_images = float(summed.pop("images"))
+    out = {f"train/{k}": float(v) / n_steps for k, v in summed.items()}
+    out["images_per_sec"] = n_images / seconds if seconds > 0 else 0.0
+    out["epoch_time"] = seconds
+    return out
+
+
+@torch.no_grad()
+def evaluate(net: HSAKDNet, batches: Iterable, device: torch.device, channels_last: bool = False,
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (HSAKD.md section 5)."""
+    was_training = net.training
+    net.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for x, y in batches:
+        x, y = to_device(x, y, device, channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if net.aux_stages:
+                x_rot, joint = D.rotate_batch(x, y)
+                logits, aux = net(x_rot)
+                batch = D.eval_sums(logits[::4].float(), y, [q.float() for q in aux], joint)
+            else:
+                batch = D.eval_sums(net(x)[0].float(), y)
+        for k, v in batch.items():
+            sums[k] = sums[k] + v if k in sums else v
+    net.train(was_training)
+    return D.finalize_metrics(all_reduce_sums(sums))

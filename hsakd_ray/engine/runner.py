@@ -1,0 +1,143 @@
+"""One training job from config to final metrics, in plain PyTorch.
+
+``run_job`` is what both the local CLI and each Ray Train worker call; a ``Runtime`` carries what differs between
+them (device, rank, DDP wrapping, how an epoch's metrics and checkpoint are reported, the state to resume from).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ..config import Config, dump_config
+from ..data import build_datasets
+from .checkpoint import write_checkpoint
+from .loop import evaluate, train_epoch
+from .optim import build_optimizer, build_scheduler
+from .tasks import Task, build_task
+
+# report(epoch, metrics, save) -- ``save(path)`` writes the epoch's checkpoint directory when the reporter wants one.
+Reporter = Callable[[int, dict, Callable[[str | Path], Path]], None]
+
+
+@dataclass
+class Runtime:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+    report: Reporter | None = None
+    resume_state: dict | None = None  # a checkpoint's train_state.pt plus its model states
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise ValueError(f"train.batch_size {global_batch} is not divisible by scaling.num_workers {world_size}")
+    return global_batch // world_size
+
+
+def make_loaders(train: Dataset, eval_set: Dataset, cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader]:
+    """Training: a seeded DistributedSampler (epoch-reproducible, so resuming needs no sampler state).
+    Evaluation: a strided shard per worker, no padding, so every sample counts exactly once."""
+    batch = per_worker_batch(cfg.train.batch_size, rt.world_size)
+    sampler = DistributedSampler(train, num_replicas=rt.world_size, rank=rt.rank, shuffle=True,
+                                 seed=cfg.train.seed)
+    pin = rt.device.type == "cuda"
+    workers = cfg.data.loader_workers
+    train_loader = DataLoader(train, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin,
+                              drop_last=len(sampler) >= 2 * batch, persistent_workers=workers > 0)
+    shard = Subset(eval_set, range(rt.rank, len(eval_set), rt.world_size))
+    eval_loader = DataLoader(shard, batch_size=max(batch, 64), shuffle=False, num_workers=workers, pin_memory=pin)
+    return train_loader, eval_loader
+
+
+def checkpoint_meta(kind: str, cfg: Config, task: Task, epoch: int, metrics: dict) -> dict:
+    net = task.network
+    return {"kind": kind, "method": cfg.distill.method if kind == "distill" else None, "arch": net.arch,
+            "num_classes": net.num_classes, "aux_stages": list(net.aux_stages), "epoch": epoch,
+            "metrics": metrics, "dataset": cfg.data.name}
+
+
+def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
+    """Train a ``teacher``, ``distill`` or ``probe`` job for ``cfg.train.epochs``; returns the last epoch's metrics."""
+    rt = rt or Runtime(device=resolve_device(cfg.train.device))
+    seed_everything(cfg.train.seed)
+    data = build_datasets(cfg.data)
+    task = build_task(kind, cfg, data.num_classes)
+    fast = cfg.train.channels_last
+    for module in [*task.trainable_modules(), getattr(task, "teacher", None)]:
+        if module is not None:
+            module.to(rt.device, memory_format=torch.channels_last if fast else torch.preserve_format)
+    params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
+    optimizer = build_optimizer(params, cfg.optim, fused=rt.device.type == "cuda" or None)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
+    start_epoch = 0
+    if rt.resume_state is not None:
+        state = rt.resume_state
+        task.load_state_dicts(state["models"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+    task.wrap(rt.wrap)
+    autocast = torch.bfloat16 if cfg.train.bf16 and rt.device.type == "cuda" else None
+    train_loader, eval_loader = make_loaders(data.train, data.eval, cfg, rt)
+    config_yaml = dump_config(cfg)
+    metrics: dict = {}
+    for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+        train_loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast)
+        scheduler.step()
+        for prefix, net in task.networks_to_evaluate().items():
+            for k, v in evaluate(net, eval_loader, rt.device, fast, autocast).items():
+                metrics[f"{prefix}{data.eval_split}/{k}"] = v
+        metrics.update(epoch=epoch, lr=lr)
+
+        def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:
+            states = task.state_dicts()
+            train_state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": rng_state(), "models": states}
+            extra = {k: v for k, v in states.items() if k != "model"}
+            return write_checkpoint(path, model_state=states["model"], extra=extra, config_yaml=config_yaml,
+                                    meta=checkpoint_meta(kind, cfg, task, epoch, metrics), train_state=train_state)
+
+        if rt.report is not None:
+            rt.report(epoch, metrics, save)
+    return metrics

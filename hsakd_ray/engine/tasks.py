@@ -1,0 +1,209 @@
+"""What one training step computes for each job kind: teacher, distill (hsakd / kd / ce), mutual and probe.
+
+A task owns its networks, says which modules train, and turns a batch into a dict of loss parts. Plain PyTorch:
+the Ray worker and the local runner call the same tasks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import distill as D
+from ..config import Config
+from ..models import HSAKDNet, build_model
+from .checkpoint import load_network, load_tensor_file
+
+Wrap = Callable[[nn.Module], nn.Module]
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+class Task:
+    """Base: ``model`` is the network the job produces (possibly DDP-wrapped); ``step`` returns loss parts."""
+
+    kind = "task"
+    model: nn.Module
+
+    @property
+    def network(self) -> HSAKDNet:
+        return _unwrap(self.model)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def wrap(self, wrap: Wrap) -> None:
+        self.model = wrap(self.model)
+
+    def train(self) -> None:
+        self.model.train()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
+        """Networks whose test metrics are reported, by metric prefix ("" is the main one)."""
+        return {"": self.network}
+
+    def state_dicts(self) -> dict[str, dict]:
+        return {"model": self.network.state_dict()}
+
+    def load_state_dicts(self, states: dict[str, dict]) -> None:
+        self.network.load_state_dict(states["model"])
+
+
+class TeacherTask(Task):
+    """Backbone + heads trained on the augmented batch; in frozen mode only the heads learn."""
+
+    kind = "teacher"
+
+    def __init__(self, net: HSAKDNet, frozen: bool = False) -> None:
+        self.model, self.frozen = net, frozen
+        if frozen:
+            net.detach_features = True
+            net.backbone.requires_grad_(False)
+
+    def train(self) -> None:
+        self.model.train()
+        if self.frozen:
+            self.network.backbone.eval()  # BN statistics of the pretrained backbone stay fixed
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_rot, joint = D.rotate_batch(x, y)
+        logits, aux = self.model(x_rot)
+        return D.teacher_loss(logits, aux, y, joint)
+
+
+class DistillTask(Task):
+    """A student learning from a frozen teacher: ``hsakd`` (rotations + heads), ``kd`` (Hinton) or ``ce`` (alone)."""
+
+    kind = "distill"
+
+    def __init__(self, student: HSAKDNet, teacher: HSAKDNet | None, cfg: Config) -> None:
+        self.model, self.teacher, self.cfg = student, teacher, cfg.distill
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.inference_mode():
+            logits, aux = self.teacher(x)
+        return logits.clone(), [q.clone() for q in aux]  # normal tensors, usable in autograd
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        if c.method == "ce":
+            return D.ce_loss(self.model(x)[0], y)
+        if c.method == "kd":
+            t_logits, _ = self.teacher_forward(x)
+            return D.kd_loss(self.model(x)[0], t_logits, y, c.temperature, c.beta)
+        x_rot, _ = D.rotate_batch(x, y)
+        t_logits, t_aux = self.teacher_forward(x_rot)
+        s_logits, s_aux = self.model(x_rot)
+        return D.student_loss(s_logits, s_aux, t_logits, t_aux, y, temperature=c.temperature, alpha=c.alpha,
+                              beta=c.beta, head_temperature=c.head_temperature, head_weights=c.head_weights)
+
+
+class MutualTask(Task):
+    """Online mutual HSAKD: the student and a peer (the teacher arch) learn from each other from scratch."""
+
+    kind = "mutual"
+
+    def __init__(self, student: HSAKDNet, peer: HSAKDNet, cfg: Config) -> None:
+        self.model, self.peer, self.cfg = student, peer, cfg.distill
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.model, self.peer]
+
+    def wrap(self, wrap: Wrap) -> None:
+        self.model, self.peer = wrap(self.model), wrap(self.peer)
+
+    def train(self) -> None:
+        self.model.train()
+        self.peer.train()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        x_rot, joint = D.rotate_batch(x, y)
+        s_logits, s_aux = self.model(x_rot)
+        p_logits, p_aux = self.peer(x_rot)
+        kw = dict(temperature=c.temperature, alpha=c.alpha, beta=c.beta, head_temperature=c.head_temperature)
+        own = D.mutual_loss(s_logits, s_aux, p_logits, p_aux, y, joint, **kw)
+        other = D.mutual_loss(p_logits, p_aux, s_logits, s_aux, y, joint, **kw)
+        parts = {f"student_{k}": v for k, v in own.items()}
+        parts.update({f"peer_{k}": v for k, v in other.items()})
+        parts["loss"] = own["loss"] + other["loss"]
+        return parts
+
+    def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
+        return {"": self.network, "peer_": _unwrap(self.peer)}
+
+    def state_dicts(self) -> dict[str, dict]:
+        return {"model": self.network.state_dict(), "peer": _unwrap(self.peer).state_dict()}
+
+    def load_state_dicts(self, states: dict[str, dict]) -> None:
+        self.network.load_state_dict(states["model"])
+        _unwrap(self.peer).load_state_dict(states["peer"])
+
+
+def replace_classifier(net: HSAKDNet, num_classes: int) -> nn.Linear:
+    """Swap the backbone's final linear layer for a fresh one with ``num_classes`` outputs; returns it."""
+    name = [n for n, m in net.backbone.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = net.backbone.get_submodule(parent_name) if parent_name else net.backbone
+    old = getattr(parent, attr)
+    fc = nn.Linear(old.in_features, num_classes)
+    setattr(parent, attr, fc)
+    net.num_classes = num_classes
+    return fc
+
+
+class ProbeTask(Task):
+    """Linear probe: a fresh linear classifier trained on the frozen features of a trained network."""
+
+    kind = "probe"
+
+    def __init__(self, net: HSAKDNet, num_classes: int) -> None:
+        net.requires_grad_(False)
+        replace_classifier(net, num_classes).requires_grad_(True)
+        self.model = net
+
+    def train(self) -> None:
+        self.model.eval()  # frozen features: BN keeps its statistics; only the classifier's weights move
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return D.ce_loss(self.model(x)[0], y)
+
+
+def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
+    """The task for a ``teacher``, ``distill`` or ``probe`` job (``distill`` with method ``mutual`` -> MutualTask)."""
+    if kind == "teacher":
+        t = cfg.teacher
+        net = build_model(t.arch, num_classes, t.aux_stages)
+        if t.pretrained:
+            net.backbone.load_state_dict(load_tensor_file(t.pretrained))
+        if t.mode == "frozen" and not t.pretrained:
+            raise ValueError("teacher.mode 'frozen' needs teacher.pretrained (backbone weights to keep fixed)")
+        return TeacherTask(net, frozen=t.mode == "frozen")
+    if kind == "probe":
+        if not cfg.student.checkpoint:
+            raise ValueError("a probe job needs student.checkpoint: the network whose features are probed")
+        return ProbeTask(load_network(cfg.student.checkpoint, cfg.student.arch, [], role="student"), num_classes)
+    if kind != "distill":
+        raise ValueError(f"unknown job kind {kind!r}; allowed: teacher, distill, probe")
+    method, s = cfg.distill.method, cfg.student
+    if method == "mutual":
+        student = build_model(s.arch, num_classes, s.aux_stages)
+        return MutualTask(student, build_model(cfg.teacher.arch, num_classes, student.aux_stages), cfg)
+    student = build_model(s.arch, num_classes, s.aux_stages if method == "hsakd" else [])
+    teacher = None
+    if method != "ce":
+        if not cfg.teacher.checkpoint:
+            raise ValueError(f"distill.method {method!r} needs teacher.checkpoint (a trained teacher)")
+        teacher = load_network(cfg.teacher.checkpoint, cfg.teacher.arch,
+                               student.aux_stages if method == "hsakd" else [])
+        if teacher.num_classes != num_classes:
+            raise ValueError(f"teacher checkpoint has {teacher.num_classes} classes, the data has {num_classes}")
+    return DistillTask(student, teacher, cfg)

@@ -1,0 +1,132 @@
+"""CIFAR MobileNetV2 (RepDistiller's ``mobile_half``: width 0.5, expansion 6) in the 4 stages HSAKD uses.
+
+As in winycg/HSAKD, the stem is a stride-1 3x3 conv (the published 73.51 % baseline uses it; RepDistiller's
+stride-2 stem has the same parameters but a quarter of the resolution). The seven inverted-residual groups
+form the stages [16, 24], [32], [64, 96], [160, 320]; a final 1x1 conv to 1280 channels precedes pooling.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .base import Backbone
+from .registry import register_model
+
+# Per stage, its inverted-residual groups: (expansion, channels at width 1, blocks, stride of the first block).
+_STAGE_GROUPS: tuple[tuple[tuple[int, int, int, int], ...], ...] = (
+    ((1, 16, 1, 1), (6, 24, 2, 1)),
+    ((6, 32, 3, 2),),
+    ((6, 64, 4, 2), (6, 96, 3, 1)),
+    ((6, 160, 3, 2), (6, 320, 1, 1)),
+)
+_STEM_CHANNELS = 32
+_LAST_CHANNELS = 1280
+
+
+def init_mobilenet_weights(module: nn.Module) -> None:
+    """RepDistiller's MobileNetV2 initialisation: He-normal (fan-out) convs, unit BN, N(0, 0.01) linear layers."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """Stride-1 conv (no bias) + BN + ReLU, initialised."""
+    block = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+    )
+    init_mobilenet_weights(block)
+    return block
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand + ReLU, 3x3 depthwise + ReLU, 1x1 linear projection; identity shortcut when shapes match."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_channels * expansion
+        self.use_shortcut = stride == 1 and in_channels == out_channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_shortcut else self.conv(x)
+
+
+def inverted_residual_stage(in_channels: int, groups: Sequence[tuple[int, int, int, int]], width_mult: float,
+                            first_stride: int | None = None) -> nn.Sequential:
+    """The blocks of ``groups`` in sequence; ``first_stride`` overrides the stride of the stage's first block."""
+    blocks = []
+    for g, (expansion, channels, num_blocks, stride) in enumerate(groups):
+        out_channels = int(channels * width_mult)
+        if g == 0 and first_stride is not None:
+            stride = first_stride
+        for b in range(num_blocks):
+            blocks.append(InvertedResidual(in_channels, out_channels, stride if b == 0 else 1, expansion))
+            in_channels = out_channels
+    stage = nn.Sequential(*blocks)
+    init_mobilenet_weights(stage)
+    return stage
+
+
+class MobileNetV2(Backbone):
+    """MobileNetV2 for 32 px inputs; heads end with a fresh copy of the final 1x1 conv, as in HSAKD."""
+
+    def __init__(self, num_classes: int, width_mult: float = 0.5) -> None:
+        super().__init__()
+        self.width_mult = width_mult
+        self.stage_channels = tuple(int(groups[-1][1] * width_mult) for groups in _STAGE_GROUPS)
+        self.stem_channels = int(_STEM_CHANNELS * width_mult)
+        self.last_channels = _LAST_CHANNELS if width_mult <= 1.0 else int(_LAST_CHANNELS * width_mult)
+        self.stem = conv_bn_relu(3, self.stem_channels, kernel_size=3)
+        self.stages = nn.ModuleList(self._build_stage(i) for i in range(1, self.num_stages + 1))
+        self.final_conv = self.make_head_tail()
+        self.classifier = nn.Linear(self.last_channels, num_classes)
+        init_mobilenet_weights(self.classifier)
+
+    def _build_stage(self, index: int) -> nn.Sequential:
+        """Stage ``index`` (1-based); ``S + 1`` is the last stage again, fed its own width, at stride 1."""
+        if index == self.num_stages + 1:
+            return inverted_residual_stage(self.stage_channels[-1], _STAGE_GROUPS[-1], self.width_mult,
+                                           first_stride=1)
+        in_channels = self.stem_channels if index == 1 else self.stage_channels[index - 2]
+        return inverted_residual_stage(in_channels, _STAGE_GROUPS[index - 1], self.width_mult)
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_head(self, feature: Tensor) -> Tensor:
+        x = self.final_conv(feature)
+        return self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    def make_stage(self, index: int) -> nn.Module:
+        return self._build_stage(index)
+
+    def make_head_tail(self) -> nn.Module:
+        return conv_bn_relu(self.stage_channels[-1], self.last_channels, kernel_size=1)
+
+    @property
+    def head_channels(self) -> int:
+        return self.last_channels
+
+
+@register_model("mobilenetv2")
+def mobilenetv2(num_classes: int) -> MobileNetV2:
+    return MobileNetV2(num_classes, width_mult=0.5)

@@ -1,0 +1,1 @@
+"""MLflow glue: tracking URI checks, run lifecycle, per-epoch logging, artifacts and plots."""

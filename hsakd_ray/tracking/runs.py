@@ -1,0 +1,107 @@
+"""Run lifecycle owned by hsakd-ray (not by Ray callbacks): create or find a run by its name tag, log the
+resolved config as params, mark the final status, and reconcile runs whose driver died."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterable
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+NAME_TAG, KIND_TAG, HOST_TAG, PID_TAG = "hsakd.run_name", "hsakd.kind", "hsakd.host", "hsakd.driver_pid"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LEN = 6000
+
+
+def get_experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def find_run(client: MlflowClient, experiment_id: str, tag: str, value: str) -> str | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)
+    return runs[0].info.run_id if runs else None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(__file__))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def base_tags(kind: str, name: str) -> dict[str, str]:
+    from .. import __version__
+
+    tags = {KIND_TAG: kind, NAME_TAG: name, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            "hsakd.version": __version__, "mlflow.runName": name}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+              params: dict | None = None, resume: bool = False) -> str:
+    """A new run tagged ``hsakd.run_name=name``, or, with ``resume``, the existing one set back to RUNNING."""
+    run_id = find_run(client, experiment_id, NAME_TAG, name) if resume else None
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        if params:
+            log_params(client, run_id, params)
+    else:
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items() if k in (PID_TAG, HOST_TAG)])
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def finish_run(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
+    """Set FINISHED, FAILED (with the error message as tag ``error``) or KILLED."""
+    if error:
+        client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status)
+
+
+def logged_epochs(client: MlflowClient, run_id: str, key: str = "epoch_time") -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def log_epoch(client: MlflowClient, run_id: str, epoch: int, metrics: dict, timestamp_ms: int) -> None:
+    """All numeric metrics of one epoch with ``step=epoch``, in one request."""
+    batch = [Metric(k, float(v), timestamp_ms, epoch) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile_orphans(client: MlflowClient, experiment_ids: Iterable[str]) -> list[str]:
+    """Mark KILLED the RUNNING runs started on this host by a driver process that no longer exists."""
+    host, fixed = socket.gethostname(), []
+    for run in client.search_runs(list(experiment_ids), filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) == host and PID_TAG in tags and not pid_alive(int(tags[PID_TAG])):
+            client.set_tag(run.info.run_id, "hsakd.reconciled", "driver process gone")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            fixed.append(run.info.run_id)
+    return fixed

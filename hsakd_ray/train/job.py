@@ -1,0 +1,133 @@
+"""The driver of ``hsakd-ray teacher|distill|probe``: one TorchTrainer job = one MLflow run.
+
+Order matters for trust: check the tracking store, resolve the teacher, create (or on ``--resume`` reuse) the
+run, then fit; the final status is FINISHED, FAILED with the error, or KILLED on Ctrl-C / SIGTERM.
+"""
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from ..config import Config, ConfigError, config_to_dict, dump_config, flatten
+from ..tracking import runs as R
+from ..tracking.epoch_logger import MLflowEpochLogger
+from ..tracking.plots import plot_learning_curves, run_histories
+from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint, resolve_checkpoint
+from ..tracking.store import check_tracking_uri, resolve_tracking_uri
+from .ray_session import check_cluster_paths, init_ray, is_remote_storage, resolve_storage_path
+from .trainer import build_trainer, read_checkpoint_files, score_attribute
+
+
+class Terminated(Exception):
+    """Raised in the driver by SIGTERM so the run is closed as KILLED."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+def default_run_name(cfg: Config, kind: str) -> str:
+    arch = cfg.teacher.arch if kind == "teacher" else cfg.student.arch
+    return cfg.tracking.run_name or f"{kind}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def teacher_source(cfg: Config, kind: str) -> str:
+    if kind == "teacher":
+        return cfg.teacher.pretrained or "scratch"
+    if kind == "probe":
+        return cfg.student.checkpoint or ""
+    return cfg.teacher.checkpoint or ("none" if cfg.distill.method in ("ce", "mutual") else "")
+
+
+def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
+    """Resolve ``teacher.checkpoint`` / ``student.checkpoint`` (path, runs:/, models:/) and read its files."""
+    field = {"distill": "teacher", "probe": "student"}.get(kind)
+    if field is None or (kind == "distill" and cfg.distill.method in ("ce", "mutual")):
+        return None
+    ref = getattr(cfg, field).checkpoint
+    if not ref:
+        return None
+    cache = Path(cfg.train.output_dir) / ".checkpoint-cache"
+    local = resolve_checkpoint(ref, tracking_uri, cache)
+    from ..engine import load_network
+
+    # validate on the driver so a mismatch is one line before any worker starts
+    stages = cfg.student.aux_stages if (kind == "distill" and cfg.distill.method == "hsakd") else []
+    load_network(local, getattr(cfg, field).arch, stages, role=field)
+    getattr(cfg, field).checkpoint = local
+    return read_checkpoint_files(local)
+
+
+def best_checkpoint_path(result, score: str) -> str | None:
+    ranked = [(m.get(score, float("-inf")), c) for c, m in (result.best_checkpoints or [])]
+    if ranked:
+        return max(ranked, key=lambda t: t[0])[1].path
+    return result.checkpoint.path if result.checkpoint else None
+
+
+def log_job_artifacts(client: MlflowClient, run_id: str, cfg: Config, result, score: str) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(dump_config(cfg))
+        client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
+        keys = ["train/loss", score]
+        png = plot_learning_curves({run_id: run_histories(client, run_id, keys)}, Path(tmp) / "learning_curves.png",
+                                   keys=("train/loss", "top1"))
+        client.log_artifact(run_id, str(png))
+    best = best_checkpoint_path(result, score)
+    if best:
+        client.log_artifacts(run_id, best, artifact_path=CHECKPOINT_ARTIFACT)
+    return best
+
+
+def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking_uri: str | None = None,
+                resume: bool = False, address: str | None = None) -> dict:
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+    check_tracking_uri(uri)
+    teacher_files = prepare_teacher(cfg, kind, uri)
+    name = default_run_name(cfg, kind)
+    storage = resolve_storage_path(cfg.ray.storage_path)
+    run_dir_exists = not is_remote_storage(storage) and (Path(storage) / name).exists()
+    if run_dir_exists and not resume:
+        raise ConfigError(f"a run named {name!r} already exists in {storage}: pass --resume to continue it, "
+                          "or set tracking.run_name to a new name")
+    if resume and not is_remote_storage(storage) and not run_dir_exists:
+        raise ConfigError(f"--resume: no run named {name!r} in {storage} (set tracking.run_name to its name)")
+    address = address or cfg.ray.address
+    init_ray(address)
+    check_cluster_paths(storage, uri, address)
+
+    client = MlflowClient(uri)
+    experiment_id = R.get_experiment_id(client, cfg.tracking.experiment)
+    R.reconcile_orphans(client, [experiment_id])
+    tags = R.base_tags(kind, name)
+    tags.update({"hsakd.teacher_source": teacher_source(cfg, kind), "ray.run_name": name,
+                 "ray.storage_path": storage, "hsakd.config_file": str(config_path or "")})
+    run_id = R.start_run(client, experiment_id, name, tags, flatten(config_to_dict(cfg)), resume=resume)
+    print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} at {uri}; Ray run {storage}/{name}",
+          flush=True)
+    score = score_attribute(cfg)
+    trainer = build_trainer(cfg, kind, name, storage, [MLflowEpochLogger(uri, run_id)], teacher_files)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        result = trainer.fit()
+    except (KeyboardInterrupt, Terminated):
+        R.finish_run(client, run_id, "KILLED")
+        print(f"run {name} killed; checkpoints kept in {storage}/{name}; continue with --resume", flush=True)
+        raise KeyboardInterrupt from None
+    except Exception as exc:
+        R.finish_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    best = log_job_artifacts(client, run_id, cfg, result, score)
+    if cfg.tracking.register_model and best:
+        print(f"registered {register_checkpoint(run_id, cfg.tracking.register_model, uri)}")
+    R.finish_run(client, run_id, "FINISHED")
+    metrics = result.metrics or {}
+    print(f"done: {kind} {name}: {score} {metrics.get(score, float('nan')):.2f} (last epoch); "
+          f"best checkpoint runs:/{run_id}/{CHECKPOINT_ARTIFACT}", flush=True)
+    return {"run_id": run_id, "metrics": metrics, "best_checkpoint": best}

@@ -1,0 +1,65 @@
+"""The function every Ray Train worker runs: resume from Train's checkpoint, then the plain-PyTorch job."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from ..config import config_from_dict
+from ..engine import Runtime, load_train_state, run_job
+from ..engine.checkpoint import load_tensor_file
+from ..engine.reporting import format_epoch
+
+
+def materialise_teacher(files: dict[str, bytes] | None) -> str | None:
+    """Write the teacher checkpoint shipped through the object store into a worker-local directory."""
+    if not files:
+        return None
+    root = Path(tempfile.mkdtemp(prefix="hsakd-teacher-"))
+    for name, blob in files.items():
+        (root / name).write_bytes(blob)
+    return str(root)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = config_from_dict(config["cfg"])
+    kind = config["kind"]
+    teacher_dir = materialise_teacher(config.get("teacher_files"))
+    if teacher_dir:
+        cfg.teacher.checkpoint = teacher_dir
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            resume_state = load_train_state(ckpt_dir)
+            if resume_state is not None and "models" not in resume_state:
+                resume_state["models"] = {"model": load_tensor_file(Path(ckpt_dir) / "model.pt")}
+
+    every, total = cfg.train.checkpoint_every, cfg.train.epochs
+
+    def report(epoch: int, metrics: dict, save) -> None:
+        if rank == 0:
+            print(format_epoch(epoch, total, metrics), flush=True)
+        if epoch % every and epoch != total:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                ckpt = ray.train.Checkpoint.from_directory(str(save(Path(tmp) / "checkpoint")))
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(module, move_to_device=False)
+
+    run_job(cfg, kind, Runtime(device=device, rank=rank, world_size=world, wrap=wrap, report=report,
+                               resume_state=resume_state))

@@ -1,0 +1,142 @@
+"""The rotation task, losses and metrics against hand-written formulas on fixed tensors."""
+import math
+
+import pytest
+import torch
+
+from hsakd_ray.distill import (
+    ce_loss, eval_sums, finalize_metrics, head_class_logits, kd_loss, kl_div_t, mutual_loss, rotate_batch,
+    student_loss, teacher_loss,
+)
+
+
+def test_rotation_rows_are_image_major_with_joint_labels():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    y = torch.tensor([5, 7])
+    x_rot, joint = rotate_batch(x, y)
+    assert x_rot.shape == (8, 1, 3, 3)
+    for i in range(2):
+        for k in range(4):
+            assert torch.equal(x_rot[4 * i + k], torch.rot90(x[i], k, dims=(-2, -1)))
+            assert joint[4 * i + k] == 4 * y[i] + k
+    assert torch.equal(x_rot[::4], x)
+
+
+def test_rotation_by_90_moves_top_left_to_bottom_left():
+    x = torch.zeros(1, 1, 2, 2)
+    x[0, 0, 0, 0] = 1.0
+    x_rot, _ = rotate_batch(x, torch.tensor([0]))
+    assert x_rot[1, 0, 1, 0] == 1.0  # counter-clockwise quarter turn
+
+
+def test_rotation_refuses_non_square_images():
+    with pytest.raises(ValueError, match="square"):
+        rotate_batch(torch.zeros(1, 3, 4, 5), torch.tensor([0]))
+
+
+def manual_kl(t, s, temp):
+    total = 0.0
+    for r in range(t.shape[0]):
+        pt = torch.softmax(t[r] / temp, 0)
+        ps = torch.softmax(s[r] / temp, 0)
+        total += sum(pt[c] * (math.log(pt[c]) - math.log(ps[c])) for c in range(t.shape[1]))
+    return float(temp**2 * total / t.shape[0])
+
+
+def manual_ce(logits, y):
+    return sum(-torch.log_softmax(logits[r], 0)[y[r]] for r in range(len(y))) / len(y)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    n, b = 3, 2
+    y = torch.tensor([0, 2])
+    joint = (4 * y.unsqueeze(1) + torch.arange(4)).reshape(-1)
+    return dict(
+        y=y, joint=joint,
+        s=torch.randn(4 * b, n, generator=g), t=torch.randn(4 * b, n, generator=g),
+        s_aux=[torch.randn(4 * b, 4 * n, generator=g) for _ in range(2)],
+        t_aux=[torch.randn(4 * b, 4 * n, generator=g) for _ in range(2)],
+    )
+
+
+def test_kl_t_matches_formula(batch):
+    assert kl_div_t(batch["t"], batch["s"], 3.0).item() == pytest.approx(manual_kl(batch["t"], batch["s"], 3.0), rel=1e-5)
+
+
+def test_teacher_loss_is_ce_on_unrotated_plus_head_ce(batch):
+    out = teacher_loss(batch["t"], batch["t_aux"], batch["y"], batch["joint"])
+    expect = manual_ce(batch["t"][::4], batch["y"]) + sum(manual_ce(q, batch["joint"]) for q in batch["t_aux"])
+    assert out["loss"].item() == pytest.approx(float(expect), rel=1e-5)
+    assert set(out) == {"loss", "ce", "aux_ce_0", "aux_ce_1"}
+
+
+def test_student_loss_matches_section_4(batch):
+    b = batch
+    out = student_loss(b["s"], b["s_aux"], b["t"], b["t_aux"], b["y"], temperature=3.0, alpha=0.5, beta=2.0,
+                       head_temperature=2.0, head_weights=[1.0, 0.25])
+    heads = manual_kl(b["t_aux"][0], b["s_aux"][0], 2.0) + 0.25 * manual_kl(b["t_aux"][1], b["s_aux"][1], 2.0)
+    final = manual_kl(b["t"], b["s"], 3.0)  # over all 4B rows
+    expect = manual_ce(b["s"][::4], b["y"]) + 0.5 * heads + 2.0 * final
+    assert out["loss"].item() == pytest.approx(float(expect), rel=1e-5)
+    assert out["kl_final"].item() == pytest.approx(final, rel=1e-5)
+    assert set(out) == {"loss", "ce", "kl_head_0", "kl_head_1", "kl_final"}
+
+
+def test_student_loss_published_defaults_and_no_heads(batch):
+    b = batch
+    out = student_loss(b["s"], [], b["t"], [], b["y"])
+    expect = manual_ce(b["s"][::4], b["y"]) + manual_kl(b["t"], b["s"], 3.0)
+    assert out["loss"].item() == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_student_loss_refuses_unpaired_heads(batch):
+    with pytest.raises(ValueError, match="pair"):
+        student_loss(batch["s"], batch["s_aux"], batch["t"], batch["t_aux"][:1], batch["y"])
+    with pytest.raises(ValueError, match="head_weights"):
+        student_loss(batch["s"], batch["s_aux"], batch["t"], batch["t_aux"], batch["y"], head_weights=[1.0])
+
+
+def test_student_head_gradients_reach_student_only(batch):
+    s = batch["s"].clone().requires_grad_(True)
+    t = batch["t"].clone().requires_grad_(True)
+    student_loss(s, [], t.detach(), [], batch["y"])["loss"].backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_kd_and_ce_losses(batch):
+    b = batch
+    s, t, y = b["s"][::4], b["t"][::4], b["y"]
+    out = kd_loss(s, t, y, temperature=4.0, beta=0.5)
+    assert out["loss"].item() == pytest.approx(float(manual_ce(s, y) + 0.5 * manual_kl(t, s, 4.0)), rel=1e-5)
+    assert ce_loss(s, y)["loss"].item() == pytest.approx(float(manual_ce(s, y)), rel=1e-5)
+
+
+def test_mutual_loss_matches_section_6(batch):
+    b = batch
+    own = b["s"].clone().requires_grad_(True)
+    peer = b["t"].clone().requires_grad_(True)
+    out = mutual_loss(own, b["s_aux"], peer, b["t_aux"], b["y"], b["joint"], temperature=3.0, alpha=1.0, beta=1.0)
+    expect = (manual_ce(b["s"][::4], b["y"]) + sum(manual_ce(q, b["joint"]) for q in b["s_aux"])
+              + sum(manual_kl(tq, sq, 3.0) for sq, tq in zip(b["s_aux"], b["t_aux"])) + manual_kl(b["t"], b["s"], 3.0))
+    assert out["loss"].item() == pytest.approx(float(expect), rel=1e-5)
+    out["loss"].backward()
+    assert peer.grad is None  # the peer's outputs are targets only
+
+
+def test_metrics_count_topk_and_head_accuracies():
+    y = torch.tensor([1, 0])
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.3, 0.5]])  # row 0 right, row 1 wrong at top-1
+    joint = (4 * y.unsqueeze(1) + torch.arange(4)).reshape(-1)
+    q = torch.zeros(8, 12)
+    q[torch.arange(8), joint] = 5.0  # perfect SSL
+    q[7] = 0.0
+    q[7, 8] = 5.0  # last row predicts class 2 rotation 0: wrong joint label and wrong class
+    sums = eval_sums(logits, y, [q], joint)
+    m = finalize_metrics(sums)
+    assert m["top1"] == 50.0 and m["top5"] == 100.0
+    assert m["head_0_ssl_acc"] == pytest.approx(100 * 7 / 8)
+    assert m["head_0_class_acc"] == pytest.approx(100 * 7 / 8)
+    assert head_class_logits(torch.arange(8.0).reshape(1, 8)).tolist() == [[6.0, 22.0]]
