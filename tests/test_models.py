@@ -71,7 +71,8 @@ def test_forward_gives_logits_and_one_joint_output_per_head(arch: str, placement
         pytest.skip("needs two stages")
     net = model(arch, placement)
     expected_stages = PLACEMENTS[placement][1](net.num_stages)
-    logits, aux = net(images())
+    with torch.no_grad():
+        logits, aux = net(images())
     assert net.aux_stages == expected_stages
     assert logits.shape == (2, NUM_CLASSES)
     assert len(aux) == len(expected_stages)
@@ -88,7 +89,8 @@ def test_repeated_and_unordered_stages_give_one_head_per_stage_in_order(arch: st
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_small_16px_input_works(arch: str) -> None:
-    logits, aux = model(arch, "all")(images(16))
+    with torch.no_grad():
+        logits, aux = model(arch, "all")(images(16))
     assert logits.shape == (2, NUM_CLASSES)
     assert [q.shape for q in aux] == [(2, 4 * NUM_CLASSES)] * backbone(arch).num_stages
 
@@ -104,11 +106,12 @@ def test_out_of_range_aux_stages_raise_naming_the_stages(arch: str) -> None:
 def test_stages_declare_their_channels_and_head_copies_keep_stage_shapes(arch: str) -> None:
     """Stage l+1's fresh copy maps F_l to F_{l+1}'s shape; the extra stage after the last keeps F_S's shape."""
     net = model(arch, "all")
-    features = net.backbone.forward_stages(images())
-    assert [f.shape[1] for f in features] == list(net.backbone.stage_channels)
-    targets = features[1:] + features[-1:]
-    for head, feature, target in zip(net.heads, features, targets):
-        assert head.blocks[0](feature).shape == target.shape
+    with torch.no_grad():
+        features = net.backbone.forward_stages(images())
+        assert [f.shape[1] for f in features] == list(net.backbone.stage_channels)
+        targets = features[1:] + features[-1:]
+        for head, feature, target in zip(net.heads, features, targets):
+            assert head.blocks[0](feature).shape == target.shape
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -124,7 +127,8 @@ def test_heads_are_freshly_initialised(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("detach", [True, False])
 def test_detached_features_keep_head_gradients_out_of_the_backbone(arch: str, detach: bool) -> None:
-    net = model(arch, "all")
+    """With ``detach_features`` (frozen mode) the aux loss trains only the heads; without it (joint) also the backbone."""
+    net = model(arch, "last")
     net.zero_grad(set_to_none=True)
     net.detach_features = detach
     try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hsakd_ray.models import HSAKDNet, build_backbone, build_model
+from hsakd_ray.models import HSAKDNet, build_backbone
 
 torch.set_num_threads(2)
 
@@ -41,8 +41,18 @@ def backbone(arch: str):
 
 
 @functools.cache
+def stage_features(arch: str, size: int) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return backbone(arch).forward_stages(images(size))
+
+
+@functools.cache
 def model_with_all_heads(arch: str) -> HSAKDNet:
     return HSAKDNet(backbone(arch), NUM_CLASSES, "all", arch=arch)
+
+
+def images(size: int = 32) -> torch.Tensor:
+    return torch.randn(2, 3, size, size)
 
 
 def param_count(module: nn.Module) -> int:
@@ -55,7 +65,7 @@ def same_structure(a: nn.Module, b: nn.Module) -> bool:
 
 def weights_differ(a: nn.Module, b: nn.Module) -> bool:
     """True when no conv or linear weight of ``a`` equals the matching one of ``b`` (BN starts at 1/0 in both)."""
-    return not any(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()) if p.dim() > 1)
+    return not any(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True) if p.dim() > 1)
 
 
 @pytest.mark.parametrize("arch, expected", list(CIFAR100_PARAMS.items()))
@@ -65,12 +75,14 @@ def test_backbone_parameter_count_matches_benchmark(arch: str, expected: int) ->
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_placement_gives_logits_and_one_joint_output_per_head(arch: str) -> None:
-    """All 2^S placements, on the meta device: shapes propagate without computing, so the sweep stays fast."""
+    """All 2^S placements, on the meta device in eval mode: shapes propagate without computing (and without
+    train-mode batch-norm bookkeeping), so the sweep stays fast; real forwards are checked below."""
     subsets = placements(backbone(arch).num_stages)
     with torch.device("meta"):
+        shared = build_backbone(arch, NUM_CLASSES)
         for subset in subsets:
-            net = build_model(arch, NUM_CLASSES, list(subset))
-            logits, aux = net(torch.randn(2, 3, 32, 32))
+            net = HSAKDNet(shared, NUM_CLASSES, list(subset), arch=arch).eval()
+            logits, aux = net(images())
             assert net.aux_stages == subset
             assert logits.shape == (2, NUM_CLASSES)
             assert [q.shape for q in aux] == [(2, 4 * NUM_CLASSES)] * len(subset)
@@ -79,7 +91,8 @@ def test_every_placement_gives_logits_and_one_joint_output_per_head(arch: str) -
 @pytest.mark.parametrize("size", [32, 16])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_all_heads_give_finite_outputs_on_real_images(arch: str, size: int) -> None:
-    logits, aux = model_with_all_heads(arch)(torch.randn(2, 3, size, size))
+    with torch.no_grad():
+        logits, aux = model_with_all_heads(arch)(images(size))
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
     assert len(aux) == backbone(arch).num_stages
     assert all(q.shape == (2, 4 * NUM_CLASSES) and torch.isfinite(q).all() for q in aux)
@@ -87,16 +100,15 @@ def test_all_heads_give_finite_outputs_on_real_images(arch: str, size: int) -> N
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stages_have_declared_widths_and_hsakd_resolutions(arch: str) -> None:
-    features = backbone(arch).forward_stages(torch.randn(2, 3, 32, 32))
+    features = stage_features(arch, 32)
     assert tuple(f.shape[1] for f in features) == backbone(arch).stage_channels
     assert tuple(f.shape[-1] for f in features) == STAGE_SIDES_AT_32PX[family(arch)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_stage_collapses_at_16px(arch: str) -> None:
-    features = backbone(arch).forward_stages(torch.randn(2, 3, 16, 16))
-    assert all(f.shape[-1] == f.shape[-2] == side // 2
-               for f, side in zip(features, STAGE_SIDES_AT_32PX[family(arch)]))
+    sides = tuple(tuple(f.shape[-2:]) for f in stage_features(arch, 16))
+    assert sides == tuple((side // 2, side // 2) for side in STAGE_SIDES_AT_32PX[family(arch)])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -118,9 +130,9 @@ def test_heads_share_no_weights_with_the_backbone(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_extra_stage_after_the_last_keeps_its_width_and_resolution(arch: str) -> None:
-    net = backbone(arch)
-    last = net.forward_stages(torch.randn(2, 3, 32, 32))[-1]
-    assert net.make_stage(net.num_stages + 1)(last).shape == last.shape
+    net, last = backbone(arch), stage_features(arch, 32)[-1]
+    with torch.no_grad():
+        assert net.make_stage(net.num_stages + 1)(last).shape == last.shape
 
 
 @pytest.mark.parametrize("arch, channels", list(FINAL_CONV_CHANNELS.items()))

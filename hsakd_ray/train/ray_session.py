@@ -25,7 +25,7 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(log_to_driver=True)
 
 
 def alive_node_count() -> int:
