@@ -7,17 +7,21 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
+from .tracking.store import TrackingError
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError, TrackingError)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    import torch
+
     from .models import build_backbone, build_model, list_architectures
 
     print(f"{'arch':<20}{'stages':>7}{'backbone params':>17}{'with all heads':>16}")
     for arch in list_architectures():
-        backbone = sum(p.numel() for p in build_backbone(arch, args.num_classes).parameters())
-        net = build_model(arch, args.num_classes, "all")
+        with torch.device("meta"):  # shapes only: counting needs no memory and no weight initialisation
+            backbone = sum(p.numel() for p in build_backbone(arch, args.num_classes).parameters())
+            net = build_model(arch, args.num_classes, "all")
         total = sum(p.numel() for p in net.parameters())
         print(f"{arch:<20}{net.num_stages:>7}{backbone:>17,}{total:>16,}")
 
@@ -53,11 +57,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .config import apply_overrides, config_from_dict, read_yaml
     from .data import build_datasets
-    from .engine import load_network, resolve_device
+    from .engine import load_network, read_meta, resolve_device
     from .engine.loop import evaluate
     from .engine.runner import Runtime, make_loaders
 
     ckpt = Path(args.checkpoint)
+    read_meta(ckpt)  # "not a checkpoint directory" before anything else is read
     cfg = config_from_dict(apply_overrides(read_yaml(ckpt / "config.yaml"), args.set))
     net = load_network(ckpt, role="checkpoint")
     device = resolve_device(cfg.train.device)
@@ -69,6 +74,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{ckpt} ({net.arch}, {data.eval_split} split of {cfg.data.name}, {len(data.eval)} images)")
     for key, value in metrics.items():
         print(f"  {data.eval_split}/{key:<22}{value:8.2f}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .tune.experiment import run_experiment
+
+    run_experiment(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume, address=args.address)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local", action="store_true", help="run in this process, without Ray or MLflow")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
         p.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
-        p.add_argument("--resume", action="store_true", help="continue the run of the same name from its latest checkpoint")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run of the same name from its latest checkpoint")
         p.set_defaults(func=cmd_job)
+    tu = sub.add_parser("tune", help="search head placement, temperatures and loss weights with Ray Tune")
+    tu.add_argument("space", help="search-space YAML (see search_spaces/)")
+    tu.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a key of the space's base config (repeatable)")
+    tu.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
+    tu.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
+    tu.add_argument("--resume", metavar="EXPERIMENT_PATH", help="continue an interrupted experiment")
+    tu.set_defaults(func=cmd_tune)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint directory on its dataset's test split")
     ev.add_argument("checkpoint")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -6,6 +6,7 @@ Every key is documented in README.md ("Configuration"). Unknown keys, wrong type
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,21 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E-4``); PyYAML makes them strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class ConfigError(ValueError):
@@ -44,7 +60,7 @@ class DataConfig:
 @dataclass
 class NetworkConfig:
     arch: str = "wrn_16_2"
-    aux_stages: Union[Literal["all"], list[int]] = "all"  # stages carrying auxiliary heads (1-based)
+    aux_stages: Literal["all"] | list[int] = "all"  # stages carrying auxiliary heads (1-based)
     checkpoint: str | None = None          # path, runs:/RUN_ID/PATH or models:/NAME/VERSION
     pretrained: str | None = None          # backbone weights (e.g. a torchvision state dict) for frozen mode
     mode: Literal["joint", "frozen"] = "joint"  # teacher: train backbone with heads, or heads on a fixed backbone
@@ -130,7 +146,8 @@ def _describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _describe(item))
     if tp is type(None):
         return "null"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
@@ -150,7 +167,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif origin is list:
         if isinstance(value, (list, tuple)):
-            return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
+            return [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
     elif tp is type(None):
         if value is None:
             return None
@@ -181,7 +198,10 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
         raise ConfigError(f"{key} must be in {allowed}, got {value!r}")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, base: Any = None) -> Any:
+    """``base`` (default ``cls()``) with the keys of ``raw`` replaced; nested sections start from ``base``'s own
+    value, so a section given in part keeps the schema's defaults for that section (teacher.arch is wrn_40_2)."""
+    base = cls() if base is None else base
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -195,11 +215,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, value or {}, key)
+            values[name] = _build(tp, value or {}, key, getattr(base, name))
         else:
             values[name] = _coerce(value, tp, key)
             _check_range(values[name], fields[name].metadata, key)
-    base = cls()
     return dataclasses.replace(base, **values)
 
 
@@ -220,7 +239,8 @@ def validate(cfg: Config) -> None:
     for section in ("teacher", "student"):
         net: NetworkConfig = getattr(cfg, section)
         if net.arch not in list_architectures():
-            raise ConfigError(f"{section}.arch {net.arch!r} is unknown; choose one of: {', '.join(list_architectures())}")
+            choices = ", ".join(list_architectures())
+            raise ConfigError(f"{section}.arch {net.arch!r} is unknown; choose one of: {choices}")
         if net.aux_stages != "all":
             stages = num_stages(net.arch)
             bad = [s for s in net.aux_stages if not 1 <= s <= stages]
@@ -228,8 +248,15 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{section}.aux_stages {bad} not in 1..{stages}: {net.arch} has {stages} stages")
     if any(m < 1 for m in cfg.optim.milestones):
         raise ConfigError(f"optim.milestones must be epochs >= 1, got {cfg.optim.milestones}")
-    if cfg.distill.head_weights is not None and any(w < 0 for w in cfg.distill.head_weights):
-        raise ConfigError(f"distill.head_weights must be >= 0, got {cfg.distill.head_weights}")
+    weights = cfg.distill.head_weights
+    if weights is not None and any(w < 0 for w in weights):
+        raise ConfigError(f"distill.head_weights must be >= 0, got {weights}")
+    if weights is not None and cfg.distill.method == "hsakd":
+        s = cfg.student
+        heads = num_stages(s.arch) if s.aux_stages == "all" else len(set(s.aux_stages))
+        if len(weights) != heads:
+            raise ConfigError(f"distill.head_weights has {len(weights)} entries but student.aux_stages "
+                              f"{s.aux_stages!r} gives {s.arch} {heads} heads: one weight per head, in stage order")
     if cfg.scaling.use_gpu and cfg.scaling.gpus_per_worker < 1 and cfg.scaling.num_workers > 1:
         raise ConfigError(
             "scaling.gpus_per_worker < 1 (fractional GPUs) works only with scaling.num_workers: 1 "
@@ -245,7 +272,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"--set key {key!r} must be dotted: section.key")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    return parts, _yaml_load(value) if value.strip() else None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -271,11 +298,12 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {problem}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from hsakd_ray.models import HSAKDNet, build_backbone, list_architectures
+from hsakd_ray.models import Backbone, HSAKDNet, build_backbone, list_architectures
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny convs: a second thread only adds synchronisation on a shared 2-core machine
 
 NUM_CLASSES = 10
 ARCHS = list_architectures()
@@ -19,8 +19,8 @@ ARCHS = list_architectures()
 CIFAR100_PARAMS = {
     "wrn_40_2": 2_255_156, "wrn_16_2": 703_284, "wrn_40_1": 569_780, "wrn_16_1": 180_916,
     "resnet56": 861_620, "resnet20": 278_324, "resnet8": 83_892, "resnet32x4": 7_433_860, "resnet8x4": 1_233_540,
-    "resnet50": 23_705_252, "vgg13": 9_462_180, "mobilenetv2": 812_836, "ShuffleV1": 949_258,
-    "ShuffleV2": 1_355_528,
+    "resnet50": 23_705_252, "vgg13": 9_462_180, "mobilenetv2": 812_836, "shufflenetv1": 949_258,
+    "shufflenetv2": 1_355_528,
 }
 IMAGENET_PARAMS = {"resnet18_imagenet": 11_689_512, "resnet34_imagenet": 21_797_672, "resnet50_imagenet": 25_557_032}
 
@@ -35,7 +35,7 @@ PLACEMENTS = {
 
 
 @functools.cache
-def backbone(arch: str):
+def backbone(arch: str) -> Backbone:
     return build_backbone(arch, NUM_CLASSES)
 
 
@@ -52,16 +52,12 @@ def images(size: int = 32) -> torch.Tensor:
     return torch.randn(2, 3, size, size)
 
 
-def param_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @pytest.mark.parametrize("arch, classes, expected",
                          [(a, 100, n) for a, n in CIFAR100_PARAMS.items()]
                          + [(a, 1000, n) for a, n in IMAGENET_PARAMS.items()])
 def test_backbone_parameter_count_matches_benchmark(arch: str, classes: int, expected: int) -> None:
     assert arch in ARCHS, f"{arch} is not registered"
-    assert param_count(build_backbone(arch, classes)) == expected
+    assert sum(p.numel() for p in build_backbone(arch, classes).parameters()) == expected
 
 
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
@@ -82,9 +78,9 @@ def test_forward_gives_logits_and_one_joint_output_per_head(arch: str, placement
 @pytest.mark.parametrize("arch", ARCHS)
 def test_repeated_and_unordered_stages_give_one_head_per_stage_in_order(arch: str) -> None:
     last = backbone(arch).num_stages
-    net = HSAKDNet(backbone(arch), NUM_CLASSES, [last, 1, last], arch=arch)
-    assert net.aux_stages == tuple(sorted({1, last}))
-    assert len(net.heads) == len(net.aux_stages)
+    net = HSAKDNet(backbone(arch), NUM_CLASSES, [last, last - 1, last], arch=arch)
+    assert net.aux_stages == (last - 1, last)
+    assert len(net.heads) == 2
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -110,7 +106,7 @@ def test_stages_declare_their_channels_and_head_copies_keep_stage_shapes(arch: s
         features = net.backbone.forward_stages(images())
         assert [f.shape[1] for f in features] == list(net.backbone.stage_channels)
         targets = features[1:] + features[-1:]
-        for head, feature, target in zip(net.heads, features, targets):
+        for head, feature, target in zip(net.heads, features, targets, strict=True):
             assert head.blocks[0](feature).shape == target.shape
 
 
@@ -127,7 +123,7 @@ def test_heads_are_freshly_initialised(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("detach", [True, False])
 def test_detached_features_keep_head_gradients_out_of_the_backbone(arch: str, detach: bool) -> None:
-    """With ``detach_features`` (frozen mode) the aux loss trains only the heads; without it (joint) also the backbone."""
+    """``detach_features`` (frozen mode): the aux loss trains only the heads; without it (joint) also the backbone."""
     net = model(arch, "last")
     net.zero_grad(set_to_none=True)
     net.detach_features = detach
@@ -137,8 +133,8 @@ def test_detached_features_keep_head_gradients_out_of_the_backbone(arch: str, de
     finally:
         net.detach_features = False
     assert all(p.grad is not None for p in net.heads.parameters())
-    backbone_grads = [p.grad for p in net.backbone.parameters() if p.grad is not None]
-    assert (not backbone_grads) if detach else backbone_grads
+    backbone_has_grads = any(p.grad is not None for p in net.backbone.parameters())
+    assert backbone_has_grads is not detach
 
 
 @pytest.mark.parametrize("arch", sorted(IMAGENET_PARAMS))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models import HSAKDNet, build_model, num_stages
@@ -27,13 +29,17 @@ def write_checkpoint(path: str | Path, *, model_state: dict, meta: dict, config_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    torch.save(model_state, tmp / MODEL_FILE)
-    for name, state in (extra or {}).items():
-        torch.save(state, tmp / f"{name}.pt")
-    if train_state is not None:
-        torch.save(train_state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    (tmp / CONFIG_FILE).write_text(config_yaml)
+    try:
+        torch.save(model_state, tmp / MODEL_FILE)
+        for name, state in (extra or {}).items():
+            torch.save(state, tmp / f"{name}.pt")
+        if train_state is not None:
+            torch.save(_arrays_to_tensors(train_state), tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / CONFIG_FILE).write_text(config_yaml)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves the previous checkpoint and no debris
+        raise
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -57,16 +63,54 @@ def read_meta(path: str | Path) -> dict:
 
 
 def load_tensor_file(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` onto the CPU."""
+    """``torch.load`` with ``weights_only=True`` onto the CPU; unreadable or unsafe files raise CheckpointError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {str(path)!r} not found") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        reason = _first_reason(str(exc))
+        raise CheckpointError(f"checkpoint file {str(path)!r} cannot be loaded with weights_only=True: "
+                              f"{reason}") from None
+
+
+def _first_reason(message: str) -> str:
+    """The informative line of torch.load's multi-line error, so the CLI can print one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    return lines[0] if lines else "unreadable file"
+
+
+# numpy arrays (the numpy RNG state) are not weights_only-loadable: stored as tensors under a marker key instead.
+_NUMPY_KEY = "__numpy_array__"
+
+
+def _arrays_to_tensors(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {_NUMPY_KEY: torch.from_numpy(obj.copy())}
+    if isinstance(obj, dict):
+        return {k: _arrays_to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_arrays_to_tensors(v) for v in obj)
+    return obj
+
+
+def _tensors_to_arrays(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_NUMPY_KEY}:
+            return obj[_NUMPY_KEY].numpy()
+        return {k: _tensors_to_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors_to_arrays(v) for v in obj)
+    return obj
 
 
 def load_train_state(path: str | Path) -> dict | None:
+    """The optimizer, scheduler, RNG and model states saved for resuming (None when the checkpoint has none)."""
     file = Path(path) / STATE_FILE
-    return load_tensor_file(file) if file.is_file() else None
+    return _tensors_to_arrays(load_tensor_file(file)) if file.is_file() else None
 
 
 def _remap_heads(state: dict, stored: Sequence[int], wanted: Sequence[int]) -> dict:

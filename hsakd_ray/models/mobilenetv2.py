@@ -1,7 +1,7 @@
 """CIFAR MobileNetV2 (RepDistiller's ``mobile_half``: width 0.5, expansion 6) in the 4 stages HSAKD uses.
 
 As in winycg/HSAKD, the stem is a stride-1 3x3 conv (the published 73.51 % baseline uses it; RepDistiller's
-stride-2 stem has the same parameters but a quarter of the resolution). The seven inverted-residual groups
+stride-2 stem has the same parameters but halves every feature map). The seven inverted-residual groups
 form the stages [16, 24], [32], [64, 96], [160, 320]; a final 1x1 conv to 1280 channels precedes pooling.
 """
 from __future__ import annotations
@@ -65,13 +65,13 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_shortcut else self.conv(x)
 
 
-def inverted_residual_stage(in_channels: int, groups: Sequence[tuple[int, int, int, int]], width_mult: float,
+def inverted_residual_stage(in_channels: int, settings: Sequence[tuple[int, int, int, int]], width_mult: float,
                             first_stride: int | None = None) -> nn.Sequential:
-    """The blocks of ``groups`` in sequence; ``first_stride`` overrides the stride of the stage's first block."""
+    """The block groups of ``settings`` in sequence; ``first_stride`` overrides the stride of the first block."""
     blocks = []
-    for g, (expansion, channels, num_blocks, stride) in enumerate(groups):
+    for position, (expansion, channels, num_blocks, stride) in enumerate(settings):
         out_channels = int(channels * width_mult)
-        if g == 0 and first_stride is not None:
+        if position == 0 and first_stride is not None:
             stride = first_stride
         for b in range(num_blocks):
             blocks.append(InvertedResidual(in_channels, out_channels, stride if b == 0 else 1, expansion))
@@ -82,7 +82,7 @@ def inverted_residual_stage(in_channels: int, groups: Sequence[tuple[int, int, i
 
 
 class MobileNetV2(Backbone):
-    """MobileNetV2 for 32 px inputs; heads end with a fresh copy of the final 1x1 conv, as in HSAKD."""
+    """MobileNetV2 at ``width_mult``; auxiliary heads end with a fresh copy of the final 1x1 conv, as in HSAKD."""
 
     def __init__(self, num_classes: int, width_mult: float = 0.5) -> None:
         super().__init__()

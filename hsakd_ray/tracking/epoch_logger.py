@@ -1,8 +1,15 @@
-"""A Ray Train callback that logs each reported epoch to the job's MLflow run, once per epoch.
+"""A Ray Train callback that logs each reported epoch to the job's MLflow run, exactly once per epoch.
 
-It runs in the Train controller (one process), after the epoch's checkpoint is persisted, so a worker killed
-mid-epoch leaves neither a metric nor a checkpoint for that epoch; epochs already logged (before a restart)
-are skipped, so every metric has exactly one value per epoch.
+It runs in the Train controller (one process, so one writer even on a sqlite store). An epoch is written only once
+a checkpoint at or after it is persisted: epochs reported without a checkpoint (``checkpoint_every > 1``) wait in
+memory until the next checkpoint, because a worker failure before then re-runs them from the last checkpoint.
+Epochs already in MLflow (logged before a worker-group restart or before ``--resume``) are skipped. The metrics
+logged are rank 0's (``metrics[0]``; Train lists workers by world rank): losses and accuracies are already reduced
+over all workers, while ``epoch_time`` and ``images_per_sec`` are rank 0's wall clock over the global image count.
+
+Restarts are recorded on the run for the audit trail: tag ``hsakd.worker_failures`` counts worker-group failures
+seen by this controller, ``hsakd.resumed_at_epochs`` lists the epochs training continued at after a restart or
+``--resume``.
 """
 from __future__ import annotations
 
@@ -12,22 +19,51 @@ from ray.train import UserCallback
 
 from .runs import log_epoch, logged_epochs
 
+FAILURES_TAG, RESUMED_TAG = "hsakd.worker_failures", "hsakd.resumed_at_epochs"
+
 
 class MLflowEpochLogger(UserCallback):
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self._client = None
-        self._logged: set[int] | None = None
+        self._logged: set[int] = set()
+        self._pending: dict[int, tuple[dict, int]] = {}  # epoch -> (metrics, report time in ms)
+        self._failures = 0
+        self._expect_restart = True  # the first report of this controller may continue an earlier attempt
 
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        from mlflow.tracking import MlflowClient
-
+    def _connect(self):
         if self._client is None:
+            from mlflow.tracking import MlflowClient
+
             self._client = MlflowClient(self.tracking_uri)
             self._logged = logged_epochs(self._client, self.run_id)
+        return self._client
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        client = self._connect()
         main = metrics[0]
         epoch = int(main["epoch"])
-        if epoch in self._logged:
+        if self._expect_restart:
+            self._expect_restart = False
+            if self._failures or self._logged:
+                self._note_resume(client, epoch)
+        # a re-run epoch replaces what an earlier attempt reported but never made durable
+        self._pending = {e: v for e, v in self._pending.items() if e < epoch}
+        self._pending[epoch] = (dict(main), int(time.time() * 1000))
+        if checkpoint is None:
             return
-        log_epoch(self._client, self.run_id, epoch, main, int(time.time() * 1000))
-        self._logged.add(epoch)
+        for e in sorted(self._pending):
+            values, stamp = self._pending.pop(e)
+            if e not in self._logged:
+                log_epoch(client, self.run_id, e, values, stamp)
+                self._logged.add(e)
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        self._failures += 1
+        self._expect_restart = True
+        self._connect().set_tag(self.run_id, FAILURES_TAG, str(self._failures))
+
+    def _note_resume(self, client, epoch: int) -> None:
+        run = client.get_run(self.run_id)
+        earlier = run.data.tags.get(RESUMED_TAG, "")
+        client.set_tag(self.run_id, RESUMED_TAG, f"{earlier},{epoch}" if earlier else str(epoch))

@@ -13,11 +13,11 @@ def plot_learning_curves(histories: dict[str, dict[str, list[tuple[int, float]]]
                          keys: tuple[str, ...] = ("train/loss", "top1")) -> Path:
     """One panel per metric key (a suffix match: "top1" finds test/top1 or val/top1), one line per run."""
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         for label, series in histories.items():
             for name, points in series.items():
                 if name == key or (name.endswith("/" + key) and "head" not in name and "peer" not in name):
-                    steps, values = zip(*sorted(points)) if points else ((), ())
+                    steps, values = zip(*sorted(points), strict=True) if points else ((), ())
                     ax.plot(steps, values, marker=".", label=label if len(histories) > 1 else name)
         ax.set_xlabel("epoch")
         ax.set_title(key)

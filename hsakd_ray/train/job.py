@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 from mlflow.tracking import MlflowClient
 
 from ..config import Config, ConfigError, config_to_dict, dump_config, flatten
@@ -22,12 +23,22 @@ from .ray_session import check_cluster_paths, init_ray, is_remote_storage, resol
 from .trainer import build_trainer, read_checkpoint_files, score_attribute
 
 
-class Terminated(Exception):
-    """Raised in the driver by SIGTERM so the run is closed as KILLED."""
+class Terminated(KeyboardInterrupt):
+    """Raised in the driver by SIGTERM so the run is closed as KILLED.
+
+    A KeyboardInterrupt on purpose: the blocking ``ray.get`` inside ``TorchTrainer.fit`` gives way only to
+    KeyboardInterrupt or SystemExit raised by a signal handler; any other exception stays pending until the job has
+    finished and then surfaces as a SystemError (Ray 2.60), so SIGTERM would neither stop training nor mark KILLED.
+    """
 
 
 def _raise_terminated(signum, frame):
     raise Terminated(f"signal {signum}")
+
+
+# What stopping the driver raises out of ``fit``: our SIGTERM handler's Terminated, Ctrl-C's KeyboardInterrupt, or
+# the SystemExit of Ray's own SIGINT handler, which aborts the Train controller and then calls sys.exit.
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
 
 
 def default_run_name(cfg: Config, kind: str) -> str:
@@ -44,7 +55,10 @@ def teacher_source(cfg: Config, kind: str) -> str:
 
 
 def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
-    """Resolve ``teacher.checkpoint`` / ``student.checkpoint`` (path, runs:/, models:/) and read its files."""
+    """Resolve ``teacher.checkpoint`` / ``student.checkpoint`` (path, runs:/, models:/) and read its files.
+
+    The config keeps the reference as written (the run's params, tags and config.yaml name ``runs:/...``, not a
+    download cache); workers get the files through the object store and load them from a local copy."""
     field = {"distill": "teacher", "probe": "student"}.get(kind)
     if field is None or (kind == "distill" and cfg.distill.method in ("ce", "mutual")):
         return None
@@ -58,7 +72,6 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     # validate on the driver so a mismatch is one line before any worker starts
     stages = cfg.student.aux_stages if (kind == "distill" and cfg.distill.method == "hsakd") else []
     load_network(local, getattr(cfg, field).arch, stages, role=field)
-    getattr(cfg, field).checkpoint = local
     return read_checkpoint_files(local)
 
 
@@ -97,7 +110,7 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     if resume and not is_remote_storage(storage) and not run_dir_exists:
         raise ConfigError(f"--resume: no run named {name!r} in {storage} (set tracking.run_name to its name)")
     address = address or cfg.ray.address
-    init_ray(address)
+    started_ray = init_ray(address)
     check_cluster_paths(storage, uri, address)
 
     client = MlflowClient(uri)
@@ -110,11 +123,20 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} at {uri}; Ray run {storage}/{name}",
           flush=True)
     score = score_attribute(cfg)
-    trainer = build_trainer(cfg, kind, name, storage, [MLflowEpochLogger(uri, run_id)], teacher_files)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        trainer = build_trainer(cfg, kind, name, storage, [MLflowEpochLogger(uri, run_id)], teacher_files)
         result = trainer.fit()
-    except (KeyboardInterrupt, Terminated):
+        best = log_job_artifacts(client, run_id, cfg, result, score)
+        if cfg.tracking.register_model and best:
+            model = register_checkpoint(run_id, cfg.tracking.register_model, uri)
+            client.set_tag(run_id, "hsakd.registered_model", model)
+            print(f"registered {model}", flush=True)
+        R.finish_run(client, run_id, "FINISHED")
+    except INTERRUPTS:
+        if started_ray:  # stop the controller and its workers before the status is final
+            ray.shutdown()
         R.finish_run(client, run_id, "KILLED")
         print(f"run {name} killed; checkpoints kept in {storage}/{name}; continue with --resume", flush=True)
         raise KeyboardInterrupt from None
@@ -122,11 +144,10 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
         R.finish_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    best = log_job_artifacts(client, run_id, cfg, result, score)
-    if cfg.tracking.register_model and best:
-        print(f"registered {register_checkpoint(run_id, cfg.tracking.register_model, uri)}")
-    R.finish_run(client, run_id, "FINISHED")
+        for sig, handler in previous.items():  # fit() leaves Ray's SIGINT handler, bound to a finished controller
+            signal.signal(sig, handler)
+        if started_ray:  # a job that started its own Ray instance leaves no Ray processes behind
+            ray.shutdown()
     metrics = result.metrics or {}
     print(f"done: {kind} {name}: {score} {metrics.get(score, float('nan')):.2f} (last epoch); "
           f"best checkpoint runs:/{run_id}/{CHECKPOINT_ARTIFACT}", flush=True)

@@ -18,14 +18,18 @@ def resolve_storage_path(path: str) -> str:
     return path if is_remote_storage(path) else str(Path(path).expanduser().resolve())
 
 
-def init_ray(address: str | None) -> None:
-    """``None`` starts a local Ray instance; ``auto`` or ``host:port`` joins a running cluster."""
+def init_ray(address: str | None) -> bool:
+    """``None`` starts a local Ray instance; ``auto`` or ``host:port`` joins a running cluster.
+
+    Returns True when this call started (or joined) Ray, so the caller owns ``ray.shutdown``; False when Ray was
+    already initialised by someone else."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(log_to_driver=True)
+    return True
 
 
 def alive_node_count() -> int:

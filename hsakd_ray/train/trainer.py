@@ -22,7 +22,7 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 
 
 def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callbacks: list | None = None,
-                  teacher_files: dict[str, bytes] | None = None) -> TorchTrainer:
+                  teacher_files: dict[str, bytes] | None = None, resume_from_checkpoint=None) -> TorchTrainer:
     """One job = one TorchTrainer named ``name`` under ``storage_path`` (same name again resumes it)."""
     run_config = RunConfig(
         name=name,
@@ -38,6 +38,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=run_config,
+        resume_from_checkpoint=resume_from_checkpoint,
     )
 
 

@@ -1,6 +1,7 @@
 """The function every Ray Train worker runs: resume from Train's checkpoint, then the plain-PyTorch job."""
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from ..config import config_from_dict
 from ..engine import Runtime, load_train_state, run_job
 from ..engine.checkpoint import load_tensor_file
 from ..engine.reporting import format_epoch
+
+# Not print(): Train V2 patches print in workers to log *and* (because Ray's workers replace sys.stdout) to echo
+# the line, so every printed line reached the driver twice. Train routes this logger to the console once.
+logger = logging.getLogger("hsakd_ray.worker")
 
 
 def materialise_teacher(files: dict[str, bytes] | None) -> str | None:
@@ -28,8 +33,8 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     kind = config["kind"]
     teacher_dir = materialise_teacher(config.get("teacher_files"))
-    if teacher_dir:
-        cfg.teacher.checkpoint = teacher_dir
+    if teacher_dir:  # the network the job starts from: the teacher of a distill job, the probed net of a probe
+        getattr(cfg, "student" if kind == "probe" else "teacher").checkpoint = teacher_dir
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -43,12 +48,14 @@ def train_loop_per_worker(config: dict) -> None:
             resume_state = load_train_state(ckpt_dir)
             if resume_state is not None and "models" not in resume_state:
                 resume_state["models"] = {"model": load_tensor_file(Path(ckpt_dir) / "model.pt")}
+        if rank == 0 and resume_state is not None:
+            logger.info("resuming after epoch %d from %s", int(resume_state["epoch"]), checkpoint.path)
 
     every, total = cfg.train.checkpoint_every, cfg.train.epochs
 
     def report(epoch: int, metrics: dict, save) -> None:
         if rank == 0:
-            print(format_epoch(epoch, total, metrics), flush=True)
+            logger.info(format_epoch(epoch, total, metrics))
         if epoch % every and epoch != total:
             ray.train.report(metrics)
             return

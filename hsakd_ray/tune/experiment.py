@@ -1,0 +1,181 @@
+"""``hsakd-ray tune SPACE.yaml``: validate, train the teacher once (or resolve it), run the sweep with one MLflow
+parent run and one child run per trial, then write the results (table, CSV, best_config.yaml, plots)."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from ..config import ConfigError
+from ..engine import read_meta
+from ..tracking import runs as R
+from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
+from ..tracking.store import check_tracking_uri, resolve_tracking_uri
+from ..train.job import Terminated, _raise_terminated, run_ray_job
+from ..train.ray_session import check_cluster_paths, init_ray, resolve_storage_path
+from ..train.trainer import read_checkpoint_files
+from . import results as out
+from .mlflow_logger import MLflowTrialLogger
+from .searchers import build_scheduler, build_search_alg, param_space
+from .space import SearchSpace, distribution_values, final_config, load_space
+from .trial import default_concurrency, run_trial, trial_resources
+
+
+def tuning_metric(space: SearchSpace) -> str:
+    return space.tune.metric or "val/top1"
+
+
+def check_feasible(space: SearchSpace) -> None:
+    """Refuse per-trial resources that the cluster can never provide."""
+    total = ray.cluster_resources()
+    r = space.tune.resources
+    need_cpu, need_gpu = r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker
+    if need_cpu > total.get("CPU", 0):
+        raise ConfigError(f"tune.resources: a trial needs {need_cpu:g} CPUs ({r.num_workers} workers x "
+                          f"{r.cpus_per_worker:g}) but the cluster has {total.get('CPU', 0):g}")
+    if need_gpu > total.get("GPU", 0):
+        raise ConfigError(f"tune.resources: a trial needs {need_gpu:g} GPUs but the cluster has "
+                          f"{total.get('GPU', 0):g}")
+
+
+def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
+    """Every searched student placement must pair with heads the teacher has."""
+    spec = space.search.get("student.aux_stages")
+    candidates = distribution_values(spec) if spec else [space.base.student.aux_stages]
+    from ..models import num_stages
+
+    for stages in candidates:
+        wanted = list(range(1, num_stages(space.base.student.arch) + 1)) if stages == "all" else stages
+        missing = sorted(set(wanted) - set(teacher_stages))
+        if missing and space.base.distill.method == "hsakd":
+            raise ConfigError(f"search.student.aux_stages: placement {stages} needs teacher heads at {missing}; "
+                              f"the teacher has heads at {teacher_stages}")
+
+
+def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
+                    resume: bool) -> tuple[str | None, dict[str, bytes] | None]:
+    """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files)."""
+    if space.base.distill.method == "ce":
+        return None, None
+    ref = space.teacher_ref
+    if space.teacher_config is not None:
+        name = f"{space.name}-teacher"
+        done = client.search_runs([experiment_id], filter_string=f"tags.`{R.NAME_TAG}` = '{name}' and "
+                                  "attributes.status = 'FINISHED'", max_results=1)
+        if done:
+            ref = f"runs:/{done[0].info.run_id}/{CHECKPOINT_ARTIFACT}"
+            print(f"teacher: reusing {ref} (trained once for this experiment)", flush=True)
+        else:
+            cfg = space.teacher_config
+            cfg.tracking.run_name, cfg.tracking.experiment = name, space.base.tracking.experiment
+            print(f"teacher: training {cfg.teacher.arch} once, shared by every trial", flush=True)
+            storage = resolve_storage_path(space.base.ray.storage_path)
+            ran = run_ray_job(cfg, "teacher", config_path=str(space.path), tracking_uri=uri,
+                              resume=resume and (Path(storage) / name).exists())
+            ref = f"runs:/{ran['run_id']}/{CHECKPOINT_ARTIFACT}"
+    local = resolve_checkpoint(ref, uri, Path(space.base.train.output_dir) / ".checkpoint-cache")
+    meta = read_meta(local)
+    if meta["arch"] != space.base.teacher.arch:
+        raise ConfigError(f"teacher checkpoint {ref} holds {meta['arch']!r}, but teacher.arch is "
+                          f"{space.base.teacher.arch!r}")
+    check_placements(space, list(meta["aux_stages"]))
+    return ref, read_checkpoint_files(local)
+
+
+def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str | None = None,
+                   resume: str | None = None, address: str | None = None) -> dict:
+    space = load_space(space_path, overrides)
+    uri = resolve_tracking_uri(tracking_uri, space.base.tracking.uri)
+    check_tracking_uri(uri)
+    storage = resolve_storage_path(space.base.ray.storage_path)
+    exp_path = Path(resume) if resume else Path(storage) / space.name
+    if resume and not tune.Tuner.can_restore(str(exp_path)):
+        raise ConfigError(f"--resume {resume}: no Tune experiment to restore there")
+    if not resume and exp_path.exists():
+        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
+                          "or set tune.name")
+    address = address or space.base.ray.address
+    init_ray(address)
+    check_cluster_paths(storage, uri, address)
+    check_feasible(space)
+
+    client = MlflowClient(uri)
+    experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
+    R.reconcile_orphans(client, [experiment_id])
+    teacher_ref, teacher_files = prepare_teacher(space, uri, client, experiment_id, bool(resume))
+    metric, mode = tuning_metric(space), space.tune.mode
+    tags = R.base_tags("tune", space.name)
+    tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": str(exp_path),
+                 "hsakd.teacher_source": teacher_ref or "none", "hsakd.metric": metric})
+    parent = R.start_run(client, experiment_id, space.name, tags, resume=bool(resume),
+                         params={f"search.{k}": v for k, v in space.search.items()} | {
+                             "tune.scheduler": space.tune.scheduler.type, "tune.search_alg": space.tune.search_alg,
+                             "tune.num_samples": space.tune.num_samples, "tune.metric": metric})
+    print(f"MLflow parent run {parent} (experiment {space.base.tracking.experiment!r}, {uri})", flush=True)
+
+    logger = MLflowTrialLogger(uri, experiment_id, parent, space)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, space=space, teacher_files=teacher_files,
+                             train_storage=str(Path(storage) / f"{space.name}-trials")),
+        trial_resources(space))
+    run_config = tune.RunConfig(name=space.name, storage_path=storage, callbacks=[logger],
+                                failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))
+    concurrency = space.tune.max_concurrent_trials or default_concurrency(space)
+    if resume:
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=param_space(space))
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(space), run_config=run_config,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=space.tune.num_samples,
+                scheduler=build_scheduler(space), search_alg=build_search_alg(space, concurrency),
+                time_budget_s=space.tune.time_budget_s),
+        )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        grid = tuner.fit()
+    except (KeyboardInterrupt, Terminated):
+        R.finish_run(client, parent, "KILLED")
+        print(f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}", flush=True)
+        raise KeyboardInterrupt from None
+    except Exception as exc:
+        R.finish_run(client, parent, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return summarise(space, grid, client, parent, logger.run_ids, teacher_ref, exp_path, metric, mode)
+
+
+def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_ids: dict[str, str],
+              teacher_ref: str | None, exp_path: Path, metric: str, mode: str) -> dict:
+    rows = out.trial_rows(grid, metric, mode, run_ids)
+    searched = list(space.search)
+    if not rows or all(r[f"best_{metric}"] != r[f"best_{metric}"] for r in rows):
+        R.finish_run(client, parent, "FAILED", error="no trial reported the tuning metric")
+        raise RuntimeError(f"no trial reported {metric}; see {exp_path}")
+    best = rows[0]
+    best_result = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
+    best_params = best_result.config["params"]
+    results_dir = exp_path / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    best_yaml = out.write_atomic(results_dir / "best_config.yaml",
+                                 "# The winning trial's values on the base config: the full-scale final run.\n"
+                                 f"# Run it with: hsakd-ray distill {results_dir / 'best_config.yaml'}\n"
+                                 + out.dump_yaml(final_config(space, best_params, teacher_ref)))
+    files = [best_yaml, out.write_csv(rows, results_dir / "trials.csv"),
+             out.plot_metric_vs_params(rows, metric, searched, results_dir / "metric_vs_params.png"),
+             out.plot_metric_by_placement(rows, metric, results_dir / "metric_by_placement.png"),
+             out.plot_trial_curves(grid, metric, results_dir / "learning_curves.png")]
+    for path in files:
+        client.log_artifact(parent, str(path))
+    client.set_tag(parent, "best_trial_id", best["trial_id"])
+    client.set_tag(parent, "best_mlflow_run_id", best.get("mlflow_run_id", ""))
+    client.log_metric(parent, f"best_{metric}", best[f"best_{metric}"])
+    R.finish_run(client, parent, "FINISHED")
+    print(f"\nTop trials by {metric} ({mode}):\n" + out.format_table(rows, metric, searched, space.tune.top_k))
+    print(f"\nbest config: {best_yaml}\nfinal run:   hsakd-ray distill {best_yaml}", flush=True)
+    return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows}

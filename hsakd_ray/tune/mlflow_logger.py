@@ -1,0 +1,93 @@
+"""A Tune callback, in the Tune driver (the one process that writes to MLflow during a sweep), that keeps exactly
+one MLflow child run per trial: created on first start, found again by tag after a restart or ``--resume``,
+one metric value per epoch, final status FINISHED, KILLED (tag ``stopped_by`` when the scheduler stopped it early)
+or FAILED (tag ``error``)."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from ..config import config_to_dict, flatten
+from ..tracking import runs as R
+from .space import SearchSpace, trial_config
+
+TRIAL_TAG = "hsakd.trial_id"
+
+
+class MLflowTrialLogger(Callback):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: SearchSpace) -> None:
+        self.tracking_uri, self.experiment_id, self.parent = tracking_uri, experiment_id, parent_run_id
+        self.space = space
+        self.run_ids: dict[str, str] = {}
+        self.logged: dict[str, set[int]] = {}
+        self.last_epoch: dict[str, int] = {}
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
+        filter_ = f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.`{R.PARENT_TAG}` = '{self.parent}'"
+        found = self.client.search_runs([self.experiment_id], filter_string=filter_, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self._create(trial)
+        self.run_ids[trial.trial_id] = run_id
+        self.logged[trial.trial_id] = R.logged_epochs(self.client, run_id)
+        return run_id
+
+    def _create(self, trial) -> str:
+        params = trial.config["params"]
+        cfg = trial_config(self.space, params)
+        tags = {R.PARENT_TAG: self.parent, TRIAL_TAG: trial.trial_id, R.KIND_TAG: "trial",
+                "mlflow.runName": f"{self.space.name}-{trial.trial_id}", "hsakd.searched_keys": ",".join(params)}
+        run_id = self.client.create_run(self.experiment_id, run_name=tags["mlflow.runName"], tags=tags).info.run_id
+        R.log_params(self.client, run_id, {**flatten(config_to_dict(cfg)),
+                                           **{f"search.{k}": v for k, v in params.items()}})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            self.client.log_artifact(run_id, str(path))
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch" not in result:
+            return
+        run_id, epoch = self.run_id(trial), int(result["epoch"])
+        self.last_epoch[trial.trial_id] = epoch
+        if epoch in self.logged[trial.trial_id]:
+            return
+        metrics = {k: v for k, v in result.items() if "/" in k or k in ("lr", "images_per_sec", "epoch_time")}
+        if self.space.tune.scheduler.type == "pbt":  # PBT mutates: the current values, as metrics
+            metrics.update({f"hp/{k}": v for k, v in trial.config["params"].items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        R.log_epoch(self.client, run_id, epoch, metrics, int(time.time() * 1000))
+        self.logged[trial.trial_id].add(epoch)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        last = self.last_epoch.get(trial.trial_id, max(self.logged[trial.trial_id], default=0))
+        if last < self.space.base.train.epochs:
+            self.client.set_tag(run_id, "stopped_by", self.space.tune.scheduler.type)
+            R.finish_run(self.client, run_id, "KILLED")
+        else:
+            R.finish_run(self.client, run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        error = getattr(trial, "error_message", None) or "trial failed (see Ray trial error file)"
+        R.finish_run(self.client, self.run_id(trial), "FAILED", error=str(error).strip().splitlines()[-1])

@@ -1,0 +1,135 @@
+"""What a finished sweep leaves for people: a table of the top trials, a CSV of all trials, ``best_config.yaml``
+and PNG plots (metric against each searched parameter, metric by placement, learning curves of all trials)."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def trial_rows(result_grid, metric: str, mode: str, run_ids: dict[str, str]) -> list[dict]:
+    """One row per trial: id, status, epochs, last and best metric, sampled values, MLflow run id."""
+    rows = []
+    for result in result_grid:
+        history = result.metrics_dataframe
+        values = history[metric].dropna().tolist() if history is not None and metric in history else []
+        best = (max(values) if mode == "max" else min(values)) if values else math.nan
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        params = (result.config or {}).get("params", {})
+        rows.append({"trial_id": trial_id, "status": "ERROR" if result.error else "OK",
+                     "epochs": int((result.metrics or {}).get("epoch", 0) or 0),
+                     f"last_{metric}": values[-1] if values else math.nan, f"best_{metric}": best,
+                     **{k: _cell(v) for k, v in params.items()}, "mlflow_run_id": run_ids.get(trial_id, "")})
+    reverse = mode == "max"
+    rows.sort(key=lambda r: (-math.inf if math.isnan(r[f"best_{metric}"]) else r[f"best_{metric}"]), reverse=reverse)
+    return rows
+
+
+def _cell(value):
+    return str(value) if isinstance(value, (list, tuple)) else value
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=path.parent, suffix=".tmp") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(f.name, path)
+    return path
+
+
+def format_table(rows: list[dict], metric: str, searched: list[str], top_k: int) -> str:
+    cols = ["trial_id", f"best_{metric}", "epochs", *searched]
+    shown = [[_fmt(r.get(c)) for c in cols] for r in rows[:top_k]]
+    widths = [max(len(c), *(len(s[i]) for s in shown)) if shown else len(c) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(s) for s in shown)])
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def plot_metric_vs_params(rows: list[dict], metric: str, searched: list[str], path: Path) -> Path:
+    """One scatter per searched key (categorical keys on an index axis), the trials' best metric on y."""
+    key = f"best_{metric}"
+    fig, axes = plt.subplots(1, len(searched), figsize=(4 * len(searched), 3.4), squeeze=False)
+    for ax, param in zip(axes[0], searched):
+        xs, ys = [r.get(param) for r in rows], [r[key] for r in rows]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            ax.scatter(xs, ys)
+        else:
+            labels = sorted({str(x) for x in xs})
+            ax.scatter([labels.index(str(x)) for x in xs], ys)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        ax.set_xlabel(param)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_metric_by_placement(rows: list[dict], metric: str, path: Path, key: str = "student.aux_stages") -> Path:
+    """Best metric of each trial grouped by head placement (box per placement, dots for trials)."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if not math.isnan(r[f"best_{metric}"]):
+            groups.setdefault(str(r.get(key, "base")), []).append(r[f"best_{metric}"])
+    labels = sorted(groups)
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(labels)), 3.4))
+    if labels:
+        ax.boxplot([groups[k] for k in labels])
+        for i, k in enumerate(labels, start=1):
+            ax.scatter([i] * len(groups[k]), groups[k], s=12, zorder=3)
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set_xlabel(f"placement ({key})")
+    ax.set_ylabel(f"best {metric}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_trial_curves(result_grid, metric: str, path: Path) -> Path:
+    """The tuning metric per epoch for every trial (early-stopped trials end early)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for result in result_grid:
+        df = result.metrics_dataframe
+        if df is not None and metric in df and "epoch" in df:
+            ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=Path(result.path).name[-12:])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if len(ax.lines) <= 12 and ax.lines:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def dump_yaml(raw: dict) -> str:
+    return yaml.safe_dump(raw, sort_keys=False)

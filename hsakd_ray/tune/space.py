@@ -1,0 +1,244 @@
+"""Search-space YAML: a base config, a teacher (reference or config trained once), a ``search`` mapping of dotted
+config keys to distributions, and a ``tune`` section. Everything is validated before any trial starts."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import (
+    Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml, set_dotted,
+)
+
+DISTRIBUTIONS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
+SCHEDULERS = ("fifo", "asha", "pbt")
+SEARCH_ALGS = ("random", "grid", "optuna")
+PBT_MUTABLE = ("distill.temperature", "distill.head_temperature", "distill.alpha", "distill.beta", "optim.lr")
+
+
+@dataclass
+class SchedulerSpec:
+    type: str = "fifo"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    max_t: int | None = None                # default: train.epochs
+    perturbation_interval: int = 2          # pbt: epochs between exploit/explore
+    hyperparam_mutations: dict[str, dict] = field(default_factory=dict)  # pbt: dotted key -> distribution
+
+
+@dataclass
+class ResourceSpec:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class TuneSpec:
+    metric: str | None = None               # default: val/top1 (the carved validation split)
+    mode: str = "max"
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None  # default: what the cluster fits
+    time_budget_s: float | None = None
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    search_alg: str = "random"
+    seed: int = 0
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    name: str | None = None                 # experiment name (Ray + MLflow parent run); default: the file's stem
+    top_k: int = 5                          # rows of the printed results table
+
+
+@dataclass
+class SearchSpace:
+    path: Path
+    base: Config
+    teacher_ref: str | None                 # checkpoint path / runs:/ / models:/, or None when teacher_config
+    teacher_config: Config | None           # trained once before the trials
+    search: dict[str, dict]
+    tune: TuneSpec
+
+    @property
+    def name(self) -> str:
+        return self.tune.name or self.path.stem
+
+
+def _spec_from(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix} must be a mapping, got {raw!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; allowed: {', '.join(names)}")
+    values = {}
+    for key, value in raw.items():
+        if key == "scheduler":
+            value = _spec_from(SchedulerSpec, value, f"{prefix}.scheduler")
+        elif key == "resources":
+            value = _spec_from(ResourceSpec, value, f"{prefix}.resources")
+        values[key] = value
+    return dataclasses.replace(cls(), **values)
+
+
+def check_distribution(key: str, spec: Any, where: str = "search") -> None:
+    """``{choice: [...]}``, ``{grid: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+    ``{randint: [lo, hi]}`` or ``{quniform: [lo, hi, q]}``."""
+    allowed = ", ".join(DISTRIBUTIONS)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}.{key} must be one distribution like {{choice: [...]}}; allowed: {allowed}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}.{key}: unknown distribution {kind!r}; allowed: {allowed}")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}.{key}: {kind} needs a non-empty list, got {args!r}")
+    arity = DISTRIBUTIONS[kind]
+    if arity is not None:
+        if len(args) != arity or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            shape = "[lo, hi, q]" if arity == 3 else "[lo, hi]"
+            raise ConfigError(f"{where}.{key}: {kind} needs {shape} numbers, got {args!r}")
+        if args[0] >= args[1]:
+            raise ConfigError(f"{where}.{key}: {kind} needs lo < hi, got {args!r}")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"{where}.{key}: loguniform needs lo > 0, got {args!r}")
+
+
+def distribution_values(spec: dict) -> list:
+    """Representative values of a distribution, to validate each against the config schema."""
+    (kind, args), = spec.items()
+    if kind in ("choice", "grid"):
+        return list(args)
+    if kind == "randint":
+        return [int(args[0]), int(args[1]) - 1]
+    return [args[0], args[1]]
+
+
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(raw, key.split("."), value)
+    return raw
+
+
+def _validate_search(search: dict, base_raw: dict, teacher_stages: list[int] | None) -> None:
+    for key, spec in search.items():
+        if not isinstance(key, str) or "." not in key:
+            raise ConfigError(f"search key {key!r} must be a dotted config key such as distill.temperature")
+        check_distribution(key, spec)
+        for value in distribution_values(spec):
+            try:
+                cfg = config_from_dict(apply_params(base_raw, {key: value}))
+            except ConfigError as exc:
+                raise ConfigError(f"search.{key}: value {value!r} does not fit the config: {exc}") from None
+            if key == "student.aux_stages" and teacher_stages is not None:
+                stages = value if value != "all" else list(range(1, 1 + len(teacher_stages)))
+                missing = sorted(set(stages) - set(teacher_stages))
+                if missing and cfg.distill.method == "hsakd":
+                    raise ConfigError(f"search.student.aux_stages: placement {value} needs teacher heads at "
+                                      f"stages {missing}, but the teacher has heads at {teacher_stages}")
+
+
+def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
+    """Parse and validate a search-space file (``--set`` overrides apply to the base config)."""
+    from ..models import num_stages
+
+    path = Path(path)
+    raw = read_yaml(path)
+    allowed = ("base", "base_config", "teacher", "search", "tune")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; allowed: {', '.join(allowed)}")
+    base_raw = read_yaml(path.parent / raw["base_config"]) if raw.get("base_config") else {}
+    base_raw = apply_params(base_raw, {})
+    for section, values in (raw.get("base") or {}).items():
+        merged = dict(base_raw.get(section) or {})
+        merged.update(values or {})
+        base_raw[section] = merged
+    base_raw = apply_overrides(base_raw, list(overrides))
+    base_raw.setdefault("data", {})
+    if not base_raw["data"].get("val_fraction"):
+        base_raw["data"]["val_fraction"] = 0.1  # HSAKD.md section 9: tune on a held-out validation split
+    base = config_from_dict(base_raw)
+    if base.distill.method == "mutual":
+        raise ConfigError("distill.method 'mutual' trains no shared teacher; tune hsakd, kd or ce")
+
+    teacher = raw.get("teacher")
+    teacher_ref, teacher_cfg, teacher_stages = None, None, None
+    if isinstance(teacher, str):
+        teacher_ref = teacher
+    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config"} and len(teacher) == 1:
+        if "checkpoint" in teacher:
+            teacher_ref = str(teacher["checkpoint"])
+        else:
+            t_raw = apply_params(base_raw, {})
+            for section, values in (teacher["config"] or {}).items():
+                merged = dict(t_raw.get(section) or {})
+                merged.update(values or {})
+                t_raw[section] = merged
+            teacher_cfg = config_from_dict(t_raw)
+            t = teacher_cfg.teacher
+            teacher_stages = list(range(1, num_stages(t.arch) + 1)) if t.aux_stages == "all" else t.aux_stages
+    elif base.distill.method != "ce" or teacher is not None:
+        raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
+                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}")
+    if teacher_ref and base.teacher.checkpoint is None:
+        base.teacher.checkpoint = teacher_ref
+
+    search = raw.get("search") or {}
+    if not isinstance(search, dict) or not search:
+        raise ConfigError(f"{path}: search must map dotted config keys to distributions")
+    _validate_search(search, config_to_dict(base), teacher_stages)
+    tune = _spec_from(TuneSpec, raw.get("tune"), "tune")
+    _validate_tune(tune, base, search)
+    return SearchSpace(path=path, base=base, teacher_ref=teacher_ref, teacher_config=teacher_cfg,
+                       search=search, tune=tune)
+
+
+def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
+    s = tune.scheduler
+    if s.type not in SCHEDULERS:
+        raise ConfigError(f"tune.scheduler.type {s.type!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
+    if tune.search_alg not in SEARCH_ALGS:
+        raise ConfigError(f"tune.search_alg {tune.search_alg!r} is unknown; allowed: {', '.join(SEARCH_ALGS)}")
+    if tune.mode not in ("max", "min"):
+        raise ConfigError(f"tune.mode must be max or min, got {tune.mode!r}")
+    if not isinstance(tune.num_samples, int) or tune.num_samples < 1:
+        raise ConfigError(f"tune.num_samples must be an integer >= 1, got {tune.num_samples!r}")
+    if tune.search_alg == "grid":
+        not_grid = [k for k, spec in search.items() if "grid" not in spec]
+        if not_grid:
+            raise ConfigError(f"tune.search_alg grid needs grid distributions; search.{not_grid[0]} is not one")
+    for key, spec in s.hyperparam_mutations.items():
+        if key not in PBT_MUTABLE:
+            raise ConfigError(f"tune.scheduler.hyperparam_mutations.{key}: PBT can mutate only "
+                              f"{', '.join(PBT_MUTABLE)}")
+        check_distribution(key, spec, "tune.scheduler.hyperparam_mutations")
+    if s.type == "pbt" and not s.hyperparam_mutations:
+        raise ConfigError("tune.scheduler.type pbt needs tune.scheduler.hyperparam_mutations")
+    r = tune.resources
+    if r.num_workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
+        raise ConfigError("tune.resources needs num_workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
+    if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
+        raise ConfigError("tune.resources.gpus_per_worker < 1 (fractional GPUs) works only with num_workers: 1 "
+                          "(multi-worker NCCL on a shared GPU fails, Ray issue 48012)")
+
+
+def trial_config(space: SearchSpace, params: dict[str, Any]) -> Config:
+    """The base config with one trial's sampled values and the experiment's per-trial resources."""
+    raw = apply_params(config_to_dict(space.base), params)
+    r = space.tune.resources
+    raw["scaling"].update(num_workers=r.num_workers, cpus_per_worker=r.cpus_per_worker,
+                          use_gpu=r.gpus_per_worker > 0, gpus_per_worker=r.gpus_per_worker or 1.0)
+    return config_from_dict(raw)
+
+
+def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | None) -> dict:
+    """``best_config.yaml``: the winning values on the base, trained on the whole training set, tested once."""
+    raw = apply_params(config_to_dict(space.base), params)
+    raw["data"]["val_fraction"] = 0.0
+    if teacher_ref:
+        raw["teacher"]["checkpoint"] = teacher_ref
+    raw["tracking"]["run_name"] = None
+    return raw

@@ -1,0 +1,91 @@
+"""The Tune trial function: build one trial's config and fit a TorchTrainer for it (Train V2 inside Tune).
+
+Metrics reach Tune through ``TuneReportCallback``. The Train run is named after the trial, so a restarted trial
+(Tuner.restore, a retry) resumes from its own Train checkpoint. PBT needs Tune-side checkpoints to hand a donor's
+weights to another trial, so under PBT each persisted Train checkpoint is also reported to Tune, and a trial that
+PBT restarts from a donor starts a new Train run from that checkpoint.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ray
+from ray import tune
+from ray.train import Checkpoint, UserCallback
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.queue import Empty, Queue
+
+from ..train.trainer import build_trainer
+from .space import SearchSpace, trial_config
+
+
+class _CheckpointForwarder(UserCallback):
+    """PBT only: pass (metrics, persisted checkpoint path) from the Train controller to the trial function."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
+
+
+def _fit_reporting_checkpoints(make_trainer) -> None:
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer([_CheckpointForwarder(queue)])
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the trial thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            metrics, path = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        tune.report(metrics, checkpoint=Checkpoint(path) if path else None)
+    if failure:
+        raise failure[0]
+
+
+def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
+              train_storage: str) -> None:
+    cfg = trial_config(space, config["params"])
+    ctx = tune.get_context()
+    name = f"{ctx.get_trial_id()}"
+    pbt = space.tune.scheduler.type == "pbt"
+    donor = tune.get_checkpoint() if pbt else None
+    resume_from = None
+    if donor is not None:
+        resume_from = Checkpoint(donor.path)
+        name = f"{name}-from-{abs(hash(donor.path)) % 10**8}"
+
+    def make_trainer(callbacks: list) -> Any:
+        trainer = build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files,
+                                resume_from_checkpoint=resume_from)
+        return trainer
+
+    if pbt:
+        _fit_reporting_checkpoints(make_trainer)
+    else:
+        make_trainer([TuneReportCallback()]).fit()
+
+
+def trial_resources(space: SearchSpace) -> dict:
+    """The trial function only drives a Train run: a small CPU share, so Train workers get the cores."""
+    return {"cpu": 0.05}
+
+
+def default_concurrency(space: SearchSpace) -> int:
+    """How many trials the cluster fits at once: its CPUs (and GPUs) over one trial's worker group."""
+    resources = ray.cluster_resources()
+    r = space.tune.resources
+    fits = int(resources.get("CPU", 1) // (r.num_workers * r.cpus_per_worker))
+    if r.gpus_per_worker:
+        fits = min(fits, int(resources.get("GPU", 0) // (r.num_workers * r.gpus_per_worker)))
+    return max(1, fits)

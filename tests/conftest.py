@@ -1,0 +1,201 @@
+"""Shared fixtures: a real MLflow tracking server on 127.0.0.1, tiny job configs, the CLI as a subprocess, and a
+session-wide check that no test leaves a process behind.
+
+Every process a test starts (Ray clusters, CLI drivers, the MLflow server) inherits ``HSAKD_TEST_SESSION`` from
+this process's environment, so leftovers are found by that mark and never confused with other users' processes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+SESSION_MARK = "HSAKD_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+os.environ.pop("RAY_ADDRESS", None)  # a test's Ray is its own, never a cluster that happens to be running here
+
+BIN = Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------- processes
+
+def marked_processes(exclude: set[int] = frozenset()) -> dict[int, str]:
+    """Live processes started by this test session (pid -> command line), found by the session mark."""
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # a zombie has exited; only its parent's wait is missing
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # exited while we looked, or not ours to read
+            continue
+    return found
+
+
+def wait_for_no_processes(exclude: set[int] = frozenset(), timeout: float = 30.0) -> dict[int, str]:
+    """Poll until no marked process is left (Ray's processes take a few seconds to exit); returns what remains."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = marked_processes(exclude)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (from /proc, no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_processes_left_behind():
+    """After the whole session: every process a test started has exited."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()  # a Ray instance some test started in this process ends with the session, not after it
+    left = wait_for_no_processes()
+    assert not left, f"processes left behind by the tests: {left}"
+
+
+# ---------------------------------------------------------------- MLflow tracking server
+
+_server_pids: set[int] = set()
+
+
+def server_pids() -> set[int]:
+    """The running MLflow server's processes (session-scoped: a module's leftover check leaves them out)."""
+    return {p for p in _server_pids if alive(p)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {process.returncode}")
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real ``mlflow server`` (sqlite backend, local artifact root) on a free port of 127.0.0.1; its URI.
+
+    Started in its own session so it and its web workers form one process group, stopped by the server's pid."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process)
+        _server_pids.update(descendants(process.pid) | {process.pid})
+        yield url
+    finally:
+        group = descendants(process.pid) | {process.pid}
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in group if alive(p)], "mlflow server processes survived SIGTERM"
+
+
+# ---------------------------------------------------------------- configs and the CLI
+
+def tiny_config(**sections: dict) -> dict:
+    """The smallest real job: resnet8 at 16 px on synthetic data, 2 CPU workers; ``sections`` override keys."""
+    cfg = {
+        "data": {"name": "synthetic", "image_size": 16, "synthetic_train_size": 256, "synthetic_test_size": 64,
+                 "synthetic_classes": 10},
+        "teacher": {"arch": "resnet8", "aux_stages": "all"},
+        "student": {"arch": "resnet8", "aux_stages": "all"},
+        "optim": {"lr": 0.05, "schedule": "cosine", "milestones": []},
+        "train": {"epochs": 2, "batch_size": 32, "seed": 0},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "ray": {"max_failures": 2},
+        "tracking": {"experiment": "tests"},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def write_config(path: str | Path, cfg: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_cli(*args: str, cwd: str | Path, log: str | Path) -> subprocess.Popen:
+    """``hsakd-ray ARGS`` as a child process, stdout and stderr to the file ``log`` (a pipe could fill and block)."""
+    with open(log, "w") as out:
+        return subprocess.Popen([str(BIN / "hsakd-ray"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+
+
+def run_cli(*args: str, cwd: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``hsakd-ray ARGS`` to completion, output captured."""
+    return subprocess.run([str(BIN / "hsakd-ray"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,126 @@
+"""The command line: the models table, teacher -> distill -> evaluate in-process, and one-line errors (exit 2)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsakd_ray.cli import main
+from hsakd_ray.models import list_architectures, num_stages
+
+torch.set_num_threads(1)  # tiny convs: a second thread only adds synchronisation on a shared 2-core machine
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A few-shot slice of digits keeps each epoch to ~140 images; the test split stays whole (359 images).
+DIGITS_YAML = """\
+data: {name: digits, image_size: 16, few_shot_ratio: 0.1}
+teacher: {arch: resnet8, aux_stages: all}
+student: {arch: resnet8, aux_stages: [2, 3]}
+distill: {method: hsakd}
+optim: {lr: 5e-2, schedule: cosine, milestones: []}
+train: {epochs: 1, batch_size: 32, device: cpu, output_dir: OUTPUT}
+"""
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("hsakd-ray: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture()
+def digits_config(tmp_path) -> Path:
+    path = tmp_path / "digits.yaml"
+    path.write_text(DIGITS_YAML.replace("OUTPUT", str(tmp_path / "outputs")))
+    return path
+
+
+def test_models_table_lists_every_arch_with_counts(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["arch", "stages", "backbone", "params", "with", "all", "heads"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert sorted(rows) == list_architectures()
+    for arch, (stages, backbone, total) in rows.items():
+        assert int(stages) == num_stages(arch)
+        assert 0 < int(backbone.replace(",", "")) < int(total.replace(",", ""))
+    assert rows["resnet8"][1:] == ["83,892", "365,860"]  # HSAKD.md section 8, 100 classes
+    assert rows["wrn_40_2"][1] == "2,255,156"
+
+
+def test_models_table_follows_num_classes(capsys):
+    assert main(["models", "--num-classes", "10"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet8 "))
+    assert row.split()[2] == f"{83_892 - 90 * 65:,}"  # the classifier shrinks from 100 to 10 outputs of 64 + 1
+
+
+def test_teacher_then_distill_then_evaluate_on_digits(digits_config, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    assert main(["teacher", str(digits_config), "--local", "--set", "tracking.run_name=t"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and f"done: {out / 't' / 'best'}" in printed
+    teacher = out / "t" / "best"
+    assert (teacher / "model.pt").is_file()
+
+    assert main(["distill", str(digits_config), "--local", "--set", "tracking.run_name=s",
+                 "--set", f"teacher.checkpoint={teacher}"]) == 0
+    capsys.readouterr()
+    student = out / "s" / "best"
+
+    assert main(["evaluate", str(student)]) == 0
+    printed = capsys.readouterr().out
+    assert "(resnet8, test split of digits, 359 images)" in printed
+    top1 = float(re.search(r"test/top1\s+([\d.]+)", printed).group(1))
+    assert 0.0 <= top1 <= 100.0
+    assert re.search(r"test/head_1_class_acc\s+[\d.]+", printed)  # the student's two heads are evaluated
+
+
+def test_distill_from_a_teacher_of_another_arch_is_one_line(digits_config, tmp_path, capsys):
+    teacher = tmp_path / "not_resnet14"
+    teacher.mkdir()
+    (teacher / "meta.json").write_text('{"arch": "resnet8", "num_classes": 10, "aux_stages": [1, 2, 3]}')
+    code = main(["distill", str(digits_config), "--local", "--set", "teacher.arch=resnet14",
+                 "--set", f"teacher.checkpoint={teacher}"])
+    assert code == 2
+    assert "holds 'resnet8', but teacher.arch is 'resnet14'" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["optim.learning_rate=0.1"], "unknown config key 'optim.learning_rate'; allowed: lr,"),
+    (["train.epochs=zero"], "train.epochs must be an integer"),
+    (["optim.lr=0"], "optim.lr must be in (0.0, inf]"),
+    (["student.aux_stages=[4]"], "student.aux_stages [4] not in 1..3"),
+    (["optim.lr"], "must look like section.key=value"),
+])
+def test_bad_config_is_one_line_and_exit_2(digits_config, overrides, fragment, capsys):
+    argv = ["teacher", str(digits_config), "--local"]
+    for text in overrides:
+        argv += ["--set", text]
+    assert main(argv) == 2
+    assert fragment in one_line_error(capsys)
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["distill", str(tmp_path / "nope.yaml"), "--local"]) == 2
+    assert "not found" in one_line_error(capsys)
+
+
+def test_evaluate_of_a_missing_directory_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "no_such_run" / "best")]) == 2
+    assert "is not an hsakd-ray checkpoint directory" in one_line_error(capsys)
+
+
+def test_console_script_exits_2_without_traceback_on_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 3\n  bach_size: 64\n")
+    result = subprocess.run([sys.executable, "-m", "hsakd_ray.cli", "teacher", str(bad), "--local"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "unknown config key 'train.bach_size'" in result.stderr
