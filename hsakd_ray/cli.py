@@ -6,10 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+from .cluster.errors import ClusterError
 from .config import ConfigError
 from .tracking.store import TrackingError
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError, TrackingError)
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError, TrackingError, ClusterError)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -82,6 +83,21 @@ def cmd_tune(args: argparse.Namespace) -> None:
     run_experiment(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume, address=args.address)
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from .cluster import local
+
+    if args.action == "up":
+        state = local.up(args.dir, nodes=args.nodes, cpus_per_node=args.cpus_per_node, mlflow_port=args.mlflow_port,
+                         object_store_mb=args.object_store_mb)
+        print("\n".join(local.describe_up(state)), flush=True)
+    elif args.action == "down":
+        stopped = local.down(args.dir)
+        print(f"cluster in {Path(args.dir).resolve()} stopped ({stopped} processes); logs and the MLflow store kept")
+    else:
+        state = local.read_state(args.dir)
+        print("\n".join(local.describe_status(state, local.live_nodes(state))))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsakd-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
     tu.add_argument("--resume", metavar="EXPERIMENT_PATH", help="continue an interrupted experiment")
     tu.set_defaults(func=cmd_tune)
+    cl = sub.add_parser("cluster", help="a local multi-node Ray cluster with an MLflow server (tests, demos)")
+    cl.add_argument("action", choices=("up", "down", "status"))
+    cl.add_argument("--dir", default="./.hsakd-cluster",
+                    help="where the cluster keeps its state, token, logs, MLflow store and shared storage")
+    cl.add_argument("--nodes", type=int, default=2, help="up: Ray nodes including the head (default 2)")
+    cl.add_argument("--cpus-per-node", type=int, default=1, help="up: CPUs each node offers (default 1)")
+    cl.add_argument("--mlflow-port", type=int, help="up: port of the MLflow server on 127.0.0.1 (default: free)")
+    cl.add_argument("--object-store-mb", type=int, default=300, help="up: object store size per node (MB)")
+    cl.set_defaults(func=cmd_cluster)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint directory on its dataset's test split")
     ev.add_argument("checkpoint")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

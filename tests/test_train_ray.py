@@ -50,7 +50,12 @@ BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("train-ray")
+    """The module's directory, also its working directory: a sqlite store puts artifacts under ./mlruns."""
+    root = tmp_path_factory.mktemp("train-ray")
+    before = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(before)
 
 
 @pytest.fixture(scope="module")

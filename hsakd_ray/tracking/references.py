@@ -22,10 +22,12 @@ def resolve_checkpoint(ref: str, tracking_uri: str, cache_dir: str | Path) -> st
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    target = Path(cache_dir) / ref.replace(":/", "_").replace("/", "_")
+    target = Path(cache_dir) / ref.replace(":/", "_").replace("/", "_").replace("@", "_")
     target.mkdir(parents=True, exist_ok=True)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=tracking_uri)
+        source = model_version_source(ref, tracking_uri) if ref.startswith("models:/") else ref
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
+                                                    tracking_uri=tracking_uri)
     except MlflowException as exc:
         raise TrackingError(f"cannot fetch {ref!r} from {tracking_uri}: {exc.message.splitlines()[0]}") from None
     local = Path(local)
@@ -36,11 +38,35 @@ def resolve_checkpoint(ref: str, tracking_uri: str, cache_dir: str | Path) -> st
     return str(local)
 
 
+def model_version_source(ref: str, tracking_uri: str) -> str:
+    """The artifact URI behind ``models:/NAME/VERSION`` (or ``models:/NAME@ALIAS``, ``models:/NAME/latest``).
+
+    Looked up in the registry of ``tracking_uri`` itself: ``download_artifacts("models:/...")`` would ask the
+    process-wide default registry (``./mlflow.db``), not the store the job tracks to."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    body = ref[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = body.rpartition("/")
+        if not name:
+            raise ValueError(f"model reference {ref!r} must look like models:/NAME/VERSION or models:/NAME@ALIAS")
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"no versions of registered model {name!r} in {tracking_uri}")
+            version = str(max(int(v.version) for v in versions))
+    return client.get_model_version_download_uri(name, version)
+
+
 def register_checkpoint(run_id: str, name: str, tracking_uri: str) -> str:
     """Register the run's checkpoint artifact as a model version; returns ``models:/NAME/VERSION``."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         client.create_registered_model(name)
     except Exception:  # already registered: add a version

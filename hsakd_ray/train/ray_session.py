@@ -32,25 +32,47 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+SHARED_MARKER = ".hsakd-shared"  # a file in a local storage_path declaring it shared by every node (NFS, one host)
+
+
+def alive_nodes() -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
 def alive_node_count() -> int:
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    return len(alive_nodes())
+
+
+def is_loopback_uri(uri: str) -> bool:
+    host = urlparse(uri).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def check_cluster_paths(storage_path: str, tracking_uri: str, address: str | None) -> None:
-    """On a multi-node cluster, refuse a node-local storage_path and a tracking store only this node can write."""
-    if not address or alive_node_count() <= 1:
+    """On a multi-node cluster, refuse what only some nodes can reach: a node-local storage_path, a tracking store
+    only this node can write (sqlite, file), and a loopback tracking URI when nodes run on other hosts.
+
+    Decided from the nodes Ray reports, not from ``address``: ``ray.init()`` also joins a cluster through
+    ``RAY_ADDRESS``."""
+    nodes = alive_nodes()
+    if len(nodes) <= 1:
         return
     if not is_remote_storage(storage_path) and not Path(storage_path).is_mount():
-        # a local path is only visible to workers on this node (a shared mount such as NFS is fine)
-        marker = Path(storage_path) / ".hsakd-shared"
+        marker = Path(storage_path) / SHARED_MARKER
         if not marker.exists():
             raise ConfigError(
-                f"ray.storage_path {storage_path!r} is a local directory but the cluster has "
-                f"{alive_node_count()} nodes: use s3://, gs:// or a shared filesystem (create "
-                f"{marker} to declare a shared mount)"
+                f"ray.storage_path {storage_path!r} is a local directory but the cluster has {len(nodes)} nodes, "
+                f"which cannot all see it: use s3://, gs:// or a shared filesystem (create {marker} to declare "
+                "a shared mount)"
             )
     if is_local_store(tracking_uri):
         raise ConfigError(
-            f"tracking URI {tracking_uri!r} is a local store but the cluster has {alive_node_count()} nodes: "
+            f"tracking URI {tracking_uri!r} is a local store but the cluster has {len(nodes)} nodes: "
             "start an MLflow tracking server and pass --tracking-uri http://HOST:PORT"
+        )
+    hosts = {node["NodeManagerAddress"] for node in nodes}
+    if is_loopback_uri(tracking_uri) and len(hosts) > 1:
+        raise ConfigError(
+            f"tracking URI {tracking_uri!r} is a loopback address but the cluster's nodes run on {len(hosts)} "
+            "hosts: pass the tracking server's cluster-internal address, e.g. --tracking-uri http://HEAD_IP:5000"
         )

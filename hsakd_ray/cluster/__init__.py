@@ -1,0 +1,1 @@
+"""Clusters: a local multi-node Ray cluster with an MLflow server, for tests and demos (``hsakd-ray cluster``)."""

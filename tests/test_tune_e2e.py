@@ -1,0 +1,156 @@
+"""``hsakd-ray tune`` end to end on a real local Ray cluster with a real sqlite MLflow store: the shipped
+quickstart (teacher trained once, one parent run, one child run per trial, statuses, artifacts, no orphan Train
+workers after ASHA stops trials) and resume after the driver is killed."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import marked_processes, start_cli, wait_for_no_processes
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def runs_by_kind(client: MlflowClient, experiment: str) -> dict[str, list]:
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        out.setdefault(run.data.tags.get("hsakd.kind"), []).append(run)
+    return out
+
+
+def train_worker_count() -> int:
+    return sum("RayTrainWorker" in cmd for cmd in marked_processes().values())
+
+
+def wait_watching_workers(proc: subprocess.Popen, limit: int, timeout: float) -> int:
+    """Wait for ``proc``; fail if more than ``limit`` Train workers stay alive for over 20 s (an orphan group)."""
+    deadline, over_since, most = time.monotonic() + timeout, None, 0
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "experiment did not finish in time"
+        count = train_worker_count()
+        most = max(most, count)
+        if count > limit:
+            over_since = over_since or time.monotonic()
+            assert time.monotonic() - over_since < 20, f"{count} Train workers alive: a stopped trial left orphans"
+        else:
+            over_since = None
+        time.sleep(1.0)
+    return most
+
+
+def test_quickstart_end_to_end(tmp_path):
+    space = yaml.safe_load(QUICKSTART.read_text())
+    start = time.monotonic()
+    proc = start_cli("tune", str(QUICKSTART), cwd=tmp_path, log=tmp_path / "log.txt")
+    r = space["tune"]["resources"]
+    most = wait_watching_workers(proc, limit=int(2 // (r["num_workers"] * r["cpus_per_worker"])) * r["num_workers"],
+                                 timeout=1200)
+    wall = time.monotonic() - start
+    log = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    print(f"quickstart wall time {wall:.0f} s, at most {most} Train workers at once")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_by_kind(client, space["base"]["tracking"]["experiment"])
+    (teacher,), (parent,) = runs["teacher"], runs["tune"]
+    assert teacher.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    children = runs["trial"]
+    assert len(children) == space["tune"]["num_samples"]
+    assert len({c.data.tags["hsakd.trial_id"] for c in children}) == len(children)  # one run per trial
+    epochs = space["base"]["train"]["epochs"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
+        assert steps == list(range(1, len(steps) + 1)), steps  # one value per epoch, no gaps
+        assert "test/top1" not in child.data.metrics  # trials never look at the test set
+        if child.info.status == "KILLED":
+            assert child.data.tags["stopped_by"] == "asha" and len(steps) < epochs
+        else:
+            assert child.info.status == "FINISHED" and len(steps) == epochs
+        assert {"student.aux_stages", "distill.temperature"} <= set(child.data.tags["hsakd.searched_keys"].split(","))
+        assert "search.distill.temperature" in child.data.params
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "trials.csv", "metric_vs_params.png", "metric_by_placement.png",
+            "learning_curves.png"} <= artifacts
+    assert parent.data.tags["best_trial_id"] in {c.data.tags["hsakd.trial_id"] for c in children}
+
+    results = tmp_path / "ray_results" / "quickstart" / "results"
+    best = yaml.safe_load((results / "best_config.yaml").read_text())
+    assert best["data"]["val_fraction"] == 0.0 and best["teacher"]["checkpoint"].startswith("runs:/")
+    with open(results / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(children)
+    assert "Top trials by val/top1" in log and "best config:" in log
+    assert not wait_for_no_processes(), "the experiment left processes behind"
+
+
+def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
+    raw = {
+        "base": {"data": {"name": "digits", "image_size": 16, "val_fraction": 0.1},
+                 "teacher": {"arch": "resnet8"}, "student": {"arch": "resnet8"},
+                 "optim": {"lr": 0.05, "schedule": "constant", "milestones": []},
+                 "train": {"epochs": epochs, "batch_size": 64},
+                 "tracking": {"experiment": "resume"}},
+        "teacher": {"config": {"teacher": {"arch": "resnet8", "aux_stages": "all"}, "train": {"epochs": 1},
+                               "scaling": {"num_workers": 1, "cpus_per_worker": 2}}},
+        "search": {"distill.temperature": {"grid": [2.0, 4.0]}},
+        "tune": {"name": "resume", "max_concurrent_trials": 1, "search_alg": "grid",
+                 "resources": {"num_workers": 1, "cpus_per_worker": 1}},
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_resume_after_killed_driver(tmp_path):
+    space = tiny_space(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = subprocess.Popen([str(Path(os.sys.executable).parent / "hsakd-ray"), "tune", str(space)], cwd=tmp_path,
+                            stdout=open(tmp_path / "log1.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    finished_before: dict[str, int] = {}
+    while not finished_before:  # kill once the first trial has finished and the second has reported an epoch
+        assert proc.poll() is None, (tmp_path / "log1.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(2)
+        exp = client.get_experiment_by_name("resume")
+        trials = client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'") if exp else []
+        done = {t.data.tags["hsakd.trial_id"] for t in trials if t.info.status == "FINISHED"}
+        running = [t for t in trials if t.info.status == "RUNNING" and
+                   client.get_metric_history(t.info.run_id, "val/top1")]
+        if done and running:
+            finished_before = {t.data.tags["hsakd.trial_id"]: t.info.end_time for t in trials
+                               if t.info.status == "FINISHED"}
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started, without warning
+    proc.wait()
+    wait_for_no_processes(timeout=30)
+
+    exp_path = tmp_path / "ray_results" / "resume"
+    resumed = start_cli("tune", str(space), "--resume", str(exp_path), cwd=tmp_path, log=tmp_path / "log2.txt")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "log2.txt").read_text()[-3000:]
+    log2 = (tmp_path / "log2.txt").read_text()
+    assert "teacher: reusing" in log2  # the teacher is never trained twice
+
+    runs = runs_by_kind(client, "resume")
+    assert len(runs["teacher"]) == 1 and len(runs["tune"]) == 1
+    assert runs["tune"][0].info.status == "FINISHED"
+    children = runs["trial"]
+    assert len(children) == 2 and len({c.data.tags["hsakd.trial_id"] for c in children}) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
+        assert steps == [1, 2, 3], steps  # resumed from its checkpoint: no epoch twice, none missing
+        trial_id = child.data.tags["hsakd.trial_id"]
+        if trial_id in finished_before:  # a finished trial is not run again
+            assert child.info.end_time == finished_before[trial_id]
+    assert not wait_for_no_processes(), "processes left behind"

@@ -1,0 +1,108 @@
+"""Search spaces: every shipped space validates; each kind of bad input is refused before any trial starts."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hsakd_ray.config import ConfigError
+from hsakd_ray.tune.searchers import build_scheduler, param_space
+from hsakd_ray.tune.space import final_config, load_space, trial_config
+
+SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"
+
+
+def test_every_published_pair_and_examples_are_shipped():
+    names = {p.stem for p in SPACES}
+    assert {"quickstart", "pbt_digits", "imagenet_resnet34_resnet18"} <= names
+    assert len([n for n in names if n.startswith("cifar100_")]) == 8
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_shipped_space_validates(path):
+    space = load_space(path)
+    assert space.search and (space.teacher_ref or space.teacher_config)
+    assert space.base.data.val_fraction > 0  # trials tune on validation, never on test
+    assert "params" in param_space(space)
+    build_scheduler(space)
+
+
+def test_published_settings_are_the_cifar_base():
+    space = load_space(QUICKSTART.parent / "cifar100_wrn40_2_wrn16_2.yaml")
+    o, t, d = space.base.optim, space.base.train, space.base.distill
+    assert (o.lr, o.weight_decay, o.momentum, o.nesterov, o.milestones) == (0.05, 5e-4, 0.9, True, [150, 180, 210])
+    assert (t.epochs, t.batch_size, d.temperature, d.alpha, d.beta) == (240, 64, 3.0, 1.0, 1.0)
+    assert space.teacher_config.teacher.arch == "wrn_40_2"
+
+
+def test_trial_config_applies_sampled_values_and_resources():
+    space = load_space(QUICKSTART)
+    cfg = trial_config(space, {"student.aux_stages": [2, 3], "distill.temperature": 4.5})
+    assert cfg.student.aux_stages == [2, 3] and cfg.distill.temperature == 4.5
+    assert cfg.scaling.num_workers == space.tune.resources.num_workers
+
+
+def test_best_config_trains_on_the_whole_training_set():
+    space = load_space(QUICKSTART)
+    raw = final_config(space, {"distill.alpha": 0.5}, "runs:/abc/checkpoint")
+    assert raw["data"]["val_fraction"] == 0.0
+    assert raw["teacher"]["checkpoint"] == "runs:/abc/checkpoint" and raw["distill"]["alpha"] == 0.5
+
+
+def write_space(tmp_path, **changes):
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    for key, value in changes.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            raw[section][sub] = value
+        else:
+            raw[section] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"search": {"distill.temprature": {"uniform": [1, 2]}}}, "distill.temprature"),
+    ({"search": {"distill.temperature": {"normal": [1, 2]}}}, "unknown distribution 'normal'"),
+    ({"search": {"distill.temperature": {"uniform": [3, 1]}}}, "lo < hi"),
+    ({"search": {"distill.temperature": {"uniform": [1]}}}, "uniform needs"),
+    ({"search": {"optim.lr": {"loguniform": [0, 1]}}}, "loguniform needs lo > 0"),
+    ({"search": {"temperature": {"choice": [1, 2]}}}, "dotted config key"),
+    ({"search": {"student.aux_stages": {"choice": [[1, 2, 3], [4]]}}}, "student.aux_stages"),
+    ({"tune__scheduler": {"type": "hyperband"}}, "tune.scheduler.type 'hyperband'"),
+    ({"tune__search_alg": "bayes"}, "tune.search_alg 'bayes'"),
+    ({"tune__resources": {"num_workers": 2, "gpus_per_worker": 0.25}}, "fractional GPUs"),
+    ({"tune__bogus": 1}, "tune.bogus"),
+    ({"teacher": 12}, "teacher must be"),
+])
+def test_bad_input_is_refused_with_the_key_named(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_space(write_space(tmp_path, **changes))
+
+
+def test_student_placement_must_be_subset_of_teacher_heads(tmp_path):
+    path = write_space(tmp_path, teacher={"config": {"teacher": {"arch": "resnet14", "aux_stages": [3]}}})
+    with pytest.raises(ConfigError, match=r"needs teacher heads at stages \[1, 2\]"):
+        load_space(path)
+
+
+def test_pbt_mutates_only_continuous_distillation_and_optimiser_keys(tmp_path):
+    path = write_space(tmp_path, tune__scheduler={"type": "pbt", "hyperparam_mutations": {
+        "student.aux_stages": {"choice": [[3]]}}})
+    with pytest.raises(ConfigError, match="PBT can mutate only"):
+        load_space(path)
+
+
+def test_optuna_missing_gives_a_clear_error(tmp_path):
+    pytest.importorskip("ray")
+    try:
+        import optuna  # noqa: F401
+        pytest.skip("optuna is installed")
+    except ImportError:
+        pass
+    from hsakd_ray.tune.searchers import build_search_alg
+
+    space = load_space(write_space(tmp_path, tune__search_alg="optuna"))
+    with pytest.raises(ConfigError, match=r"pip install 'hsakd-ray\[optuna\]'"):
+        build_search_alg(space, 1)
