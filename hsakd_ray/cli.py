@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("distill", "distill a student (hsakd / kd / ce / mutual)"),
                        ("probe", "linear probe on a trained network's frozen features")):
         p = sub.add_parser(kind, help=text)
-        p.add_argument("config", help="YAML config (see README, Configuration)")
+        p.add_argument("config", help="YAML config (keys: docs/configuration.md)")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config key (repeatable)")
         p.add_argument("--local", action="store_true", help="run in this process, without Ray or MLflow")

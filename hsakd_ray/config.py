@@ -1,6 +1,6 @@
 """The one config schema for every command: typed dataclasses, strict YAML loading and ``--set`` overrides.
 
-Every key is documented in README.md ("Configuration"). Unknown keys, wrong types and out-of-range values raise
+Every key is documented in docs/configuration.md. Unknown keys, wrong types and out-of-range values raise
 ``ConfigError`` with a one-line message naming the dotted key and what is allowed.
 """
 from __future__ import annotations
@@ -96,9 +96,14 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "./outputs"          # where runs write checkpoints
     checkpoint_every: int = field(default=1, metadata=_range(1))
-    channels_last: bool = True             # fast path: NHWC memory format
+    channels_last: bool = True             # fast path: NHWC memory format (faster convs on GPU and AVX-512 CPUs)
     bf16: bool = True                      # fast path on GPU: bf16 autocast (ignored on CPU)
     compile: bool = False                  # fast path: torch.compile the student and teacher
+    inference_mode: bool = True            # fast path: frozen teacher under torch.inference_mode (else no_grad)
+    teacher_overlap: bool = True           # fast path on CPU: teacher's next batch on its own threads during the step
+    threads: int | None = field(default=None, metadata=_range(1))  # CPU intra-op threads per worker; None: its CPUs
+    device_data: bool = True               # fast path: digits/synthetic held on the device, crop/flip done there
+    fused_optimizer: bool = True           # fast path: fused SGD kernel (CUDA, and CPU where torch has one)
 
 
 @dataclass

@@ -101,7 +101,7 @@ _server_pids: set[int] = set()
 
 def server_pids() -> set[int]:
     """The running MLflow server's processes (session-scoped: a module's leftover check leaves them out)."""
-    return {p for p in _server_pids if alive(p)}
+    return set().union(*({pid} | descendants(pid) for pid in _server_pids if alive(pid)))
 
 
 def free_port() -> int:
@@ -127,10 +127,12 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) 
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real ``mlflow server`` (sqlite backend, local artifact root) on a free port of 127.0.0.1; its URI.
+def mlflow_server_process(tmp_path_factory):
+    """Starts ``mlflow server`` (sqlite backend, local artifact root) on a free port of 127.0.0.1 without waiting
+    for it: a module can request this early so the server boots (its database migrations take tens of seconds)
+    while other tests run. Yields (process, url); stops the server by its pid, with its web workers, at the end.
 
-    Started in its own session so it and its web workers form one process group, stopped by the server's pid."""
+    Started in its own session, so the server and its workers form one process group with the server's pid."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "wb")
@@ -140,11 +142,9 @@ def mlflow_server(tmp_path_factory) -> str:
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    _server_pids.add(process.pid)
     try:
-        wait_for_health(url, process)
-        _server_pids.update(descendants(process.pid) | {process.pid})
-        yield url
+        yield process, f"http://127.0.0.1:{port}"
     finally:
         group = descendants(process.pid) | {process.pid}
         try:
@@ -160,6 +160,14 @@ def mlflow_server(tmp_path_factory) -> str:
         while any(alive(p) for p in group) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [p for p in group if alive(p)], "mlflow server processes survived SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_process) -> str:
+    """The URI of a real, healthy MLflow tracking server on 127.0.0.1."""
+    process, url = mlflow_server_process
+    wait_for_health(url, process)
+    return url
 
 
 # ---------------------------------------------------------------- configs and the CLI

@@ -117,6 +117,14 @@ def test_frozen_teacher_changes_heads_and_leaves_every_backbone_tensor(pretraine
     assert not optimised & {id(p) for p in net.backbone.parameters()}
 
 
+def test_pretrained_weights_of_another_arch_are_a_one_line_error(tmp_path):
+    path = tmp_path / "resnet14.pt"
+    torch.save(build_model("resnet14", CLASSES, []).backbone.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"teacher.pretrained .* \(resnet8 backbone\) does not fit") as info:
+        build_task("teacher", tiny("teacher.mode=frozen", f"teacher.pretrained={path}"), CLASSES)
+    assert "unexpected" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_joint_teacher_changes_the_backbone():
     cfg = tiny()
     task = build_task("teacher", cfg, CLASSES)
@@ -280,6 +288,14 @@ def test_corrupt_weights_file_is_a_one_line_error(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_network(path)
     assert "model.pt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_stored_arch_are_a_one_line_error(tmp_path):
+    path = save_network(build_model("resnet8", CLASSES, []), tmp_path / "ckpt")
+    torch.save(build_model("resnet8", CLASSES + 1, []).state_dict(), path / "model.pt")
+    with pytest.raises(CheckpointError, match="does not fit HSAKDNet: keys 2 of another shape") as info:
+        load_network(path)
+    assert "\n" not in str(info.value)
 
 
 def test_a_directory_without_meta_is_not_a_checkpoint(tmp_path):

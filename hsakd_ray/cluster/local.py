@@ -29,7 +29,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..train.ray_session import SHARED_MARKER
 from .errors import ClusterError
 from .processes import CLUSTER_MARK, alive, cluster_processes, stop_cluster_processes
 
@@ -95,7 +94,7 @@ def read_state(directory: str | Path) -> ClusterState:
 
 
 def running_pids(state: ClusterState) -> dict[int, str]:
-    return cluster_processes(state.cluster_id, state.temp_dir)
+    return cluster_processes(state.cluster_id)
 
 
 # ---------------------------------------------------------------- starting
@@ -199,6 +198,8 @@ def write_token(path: Path) -> None:
 
 
 def mark_shared(storage: Path) -> None:
+    from ..train.ray_session import SHARED_MARKER  # here: importing it imports ray, which down and status avoid
+
     storage.mkdir(parents=True, exist_ok=True)
     (storage / SHARED_MARKER).write_text(
         "Declares this directory shared by every node of the Ray cluster (all nodes of `hsakd-ray cluster up` run\n"
@@ -241,7 +242,8 @@ def up(directory: str | Path, nodes: int = 2, cpus_per_node: int = 1, mlflow_por
                          node_states, [], time.time())
     object_store = object_store_mb * 1024 * 1024
     try:
-        mlflow = start_mlflow(root, mlflow_port, process_env(cluster_id, token_path, "mlflow"))
+        mlflow_env = process_env(cluster_id, token_path, "mlflow") | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        mlflow = start_mlflow(root, mlflow_port, mlflow_env)
         head = node_states[0]
         wait_ray_start(start_ray_node(ray_start_args(head, temp_dir, object_store, head_ports, None),
                                       process_env(cluster_id, token_path, head.name), Path(head.log)),
@@ -256,7 +258,7 @@ def up(directory: str | Path, nodes: int = 2, cpus_per_node: int = 1, mlflow_por
         record_pids(state)
         write_state(state)
     except BaseException:
-        stop_cluster_processes(cluster_id, str(temp_dir))
+        stop_cluster_processes(cluster_id)
         if owns_temp:
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise
@@ -285,8 +287,7 @@ def down(directory: str | Path) -> int:
     shared storage stay in DIR; the state file is removed."""
     state = read_state(directory)
     running = running_pids(state)
-    worker_pids = [p for node in state.nodes[1:] for p in node.pids]
-    left = stop_cluster_processes(state.cluster_id, state.temp_dir, first=worker_pids)
+    left = stop_cluster_processes(state.cluster_id)
     if left:
         raise ClusterError(f"{len(left)} processes of the cluster survived SIGKILL: {sorted(left)}")
     if state.owns_temp_dir:
@@ -295,17 +296,27 @@ def down(directory: str | Path) -> int:
     return len(running)
 
 
-def live_nodes(state: ClusterState) -> list[dict]:
-    """The cluster's nodes as Ray's GCS sees them (joins as a driver with the cluster's token)."""
-    import ray
+_LIST_NODES = """
+import json, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+print(json.dumps(ray.nodes()))
+"""
 
-    os.environ.update({k: v for k, v in state.driver_env().items() if k.startswith("RAY_AUTH")})
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    ray.init(address=state.address, log_to_driver=False, logging_level="ERROR")
+
+def live_nodes(state: ClusterState, timeout: float = 90.0) -> list[dict]:
+    """The cluster's nodes as Ray's GCS sees them, asked by a short-lived driver holding the cluster's token (Ray
+    reads RAY_AUTH_MODE when it is imported, so the driver is a separate process with the cluster's env)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    env.update(state.driver_env())
     try:
-        return ray.nodes()
-    finally:
-        ray.shutdown()
+        out = subprocess.run([sys.executable, "-c", _LIST_NODES, state.address], env=env, capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"the cluster at {state.address} did not answer in {timeout:.0f} s") from None
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ClusterError(f"the cluster at {state.address} does not answer: {last}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def export_lines(state: ClusterState) -> list[str]:

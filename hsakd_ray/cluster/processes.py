@@ -1,9 +1,8 @@
 """Find and stop exactly the processes one local cluster started, never anyone else's.
 
-Every process ``cluster up`` starts carries ``HSAKD_CLUSTER_ID=<id>`` in its environment, and Ray passes its
-environment on to everything it spawns (raylets, agents, workers). Ray's own daemons also name the cluster's temp
-dir on their command line. Either mark identifies a process as ours; ``ray stop`` is never used, because it stops
-every Ray process on the machine.
+Every process ``cluster up`` starts carries ``HSAKD_CLUSTER_ID=<id>`` in its environment, and Ray and MLflow pass
+their environment on to everything they spawn (GCS, raylets, agents, dashboard modules, workers, uvicorn), so the
+mark finds exactly this cluster's processes. ``ray stop`` is never used: it stops every Ray process on the machine.
 """
 from __future__ import annotations
 
@@ -28,10 +27,9 @@ def alive(pid: int) -> bool:
     return stat is not None and stat.rsplit(b")", 1)[1].split()[0] != b"Z"
 
 
-def cluster_processes(cluster_id: str, temp_dir: str | None = None) -> dict[int, str]:
-    """Live processes of one cluster (pid -> command line), by environment mark or by temp dir on the command line."""
+def cluster_processes(cluster_id: str) -> dict[int, str]:
+    """Live processes of one cluster (pid -> command line), found by the mark in their environment."""
     mark = f"{CLUSTER_MARK}={cluster_id}".encode()
-    needle = f"{temp_dir.rstrip('/')}/session_".encode() if temp_dir else None  # Ray daemons' log dirs
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -39,8 +37,7 @@ def cluster_processes(cluster_id: str, temp_dir: str | None = None) -> dict[int,
         environ, cmdline = _read(entry / "environ"), _read(entry / "cmdline")
         if cmdline is None:
             continue
-        ours = (environ is not None and mark in environ.split(b"\0")) or (needle is not None and needle in cmdline)
-        if ours and alive(int(entry.name)):
+        if environ is not None and mark in environ.split(b"\0") and alive(int(entry.name)):
             found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return found
 
@@ -53,22 +50,20 @@ def _signal(pids, sig: int) -> None:
             pass
 
 
-def stop_cluster_processes(cluster_id: str, temp_dir: str | None, first: list[int] = (),
-                           grace_s: float = 15.0) -> dict[int, str]:
-    """SIGTERM ``first`` (e.g. the worker nodes' raylets), then every process of the cluster; SIGKILL what is left
-    after ``grace_s``. Returns what survived even SIGKILL (normally nothing)."""
-    _signal([p for p in first if alive(p)], signal.SIGTERM)
+def stop_cluster_processes(cluster_id: str, grace_s: float = 5.0) -> dict[int, str]:
+    """SIGTERM every process of the cluster, SIGKILL what is left after ``grace_s`` (Ray's GCS and raylets can
+    take minutes to drain once their peers are gone). Returns what survived even SIGKILL (normally nothing)."""
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        left = cluster_processes(cluster_id, temp_dir)
+        left = cluster_processes(cluster_id)
         if not left:
             return {}
-        _signal(left, signal.SIGTERM)  # new ones may have been spawned while the first went down
+        _signal(left, signal.SIGTERM)  # again each round: processes spawned meanwhile get it too
         time.sleep(0.5)
-    left = cluster_processes(cluster_id, temp_dir)
+    left = cluster_processes(cluster_id)
     _signal(left, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = cluster_processes(cluster_id, temp_dir)
+        left = cluster_processes(cluster_id)
     return left

@@ -152,5 +152,25 @@ def load_network(path: str | Path, arch: str | None = None, aux_stages: str | Se
         )
     net = build_model(stored_arch, meta["num_classes"], aux_stages=wanted)
     state = _remap_heads(load_tensor_file(Path(path) / MODEL_FILE), stored_stages, wanted)
-    net.load_state_dict(state)
+    load_weights(net, state, f"{role} checkpoint {str(path)!r}")
     return net
+
+
+def load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
+    """``module.load_state_dict(state)`` (strict), with a one-line CheckpointError when the weights do not fit."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} holds {type(state).__name__}, not a state dict")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != expected[k].shape]
+    if missing or unexpected or wrong:
+        found = [f"{len(v)} {name} (first: {v[0]})" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if v]
+        raise CheckpointError(f"{source} does not fit {type(module).__name__}: keys " + "; ".join(found))
+    module.load_state_dict(state)
+
+
+def load_pretrained_backbone(net: HSAKDNet, path: str | Path) -> None:
+    """Initialise ``net``'s backbone from a weights file (a backbone / torchvision state dict)."""
+    load_weights(net.backbone, load_tensor_file(path), f"teacher.pretrained {str(path)!r} ({net.arch} backbone)")

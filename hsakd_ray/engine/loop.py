@@ -3,7 +3,9 @@ over the whole eval set, summed across workers when a process group is up)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import torch
 import torch.distributed as dist
@@ -31,24 +33,65 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
     return x, y.to(device, non_blocking=True)
 
 
+def _prepared_ahead(task: Task, batches: Iterable, device: torch.device, channels_last: bool,
+                    autocast_dtype: torch.dtype | None, threads: tuple[int, int]) -> Iterator[tuple]:
+    """Yields ``(x, y, task.prepare(x, y))`` with the next batch's ``prepare`` already running on a second thread,
+    so a frozen teacher's forward overlaps the student's step. ``threads``: (that thread's, this thread's) intra-op
+    threads, restored to the previous count at the end."""
+    previous = torch.get_num_threads()
+
+    def init_worker() -> None:
+        torch.get_num_threads()  # torch's per-thread lazy init first, so it cannot undo the next line later
+        torch.set_num_threads(threads[0])
+
+    def prepare(x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return task.prepare(x, y)  # autocast state is per thread: entered here again
+
+    pool = ThreadPoolExecutor(1, initializer=init_worker, thread_name_prefix="teacher-ahead")
+    torch.set_num_threads(threads[1])
+    try:
+        pending = None
+        for batch in batches:
+            x, y = to_device(*batch, device, channels_last)
+            submitted = (x, y, pool.submit(prepare, x, y))
+            if pending is not None:
+                yield pending[0], pending[1], pending[2].result()
+            pending = submitted
+        if pending is not None:
+            yield pending[0], pending[1], pending[2].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(previous)
+
+
 def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable, device: torch.device,
-                channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """One pass over ``batches``; returns mean loss parts (over all workers), images seen and seconds taken."""
+                channels_last: bool = False, autocast_dtype: torch.dtype | None = None,
+                overlap_threads: tuple[int, int] | None = None) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss parts (over all workers), images seen and seconds taken.
+
+    ``overlap_threads`` (teacher's, student's intra-op threads): run the task's gradient-free part (``prepare``)
+    one batch ahead on its own thread. The step's arithmetic is unchanged; no host sync happens inside the loop.
+    """
     task.train()
     totals: dict[str, torch.Tensor] = {}
     steps, images = 0, 0
     start = time.perf_counter()
-    for x, y in batches:
-        x, y = to_device(x, y, device, channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            parts = task.step(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        for k, v in parts.items():
-            totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
-        steps += 1
-        images += x.shape[0]
+    if overlap_threads is not None:
+        stream = _prepared_ahead(task, batches, device, channels_last, autocast_dtype, overlap_threads)
+    else:
+        stream = (to_device(x, y, device, channels_last) + (None,) for x, y in batches)
+    with closing(stream):  # stops the look-ahead thread if a step raises
+        for x, y, prepared in stream:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                parts = task.step(x, y) if prepared is None else task.step(x, y, prepared)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            for k, v in parts.items():
+                totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
+            steps += 1
+            images += x.shape[0]
     totals["steps"] = torch.tensor(float(steps), device=device)
     totals["images"] = torch.tensor(float(images), device=device)
     summed = all_reduce_sums(totals)  # one host sync per epoch, here
@@ -61,7 +104,7 @@ def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable,
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(net: HSAKDNet, batches: Iterable, device: torch.device, channels_last: bool = False,
              autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (HSAKD.md section 5)."""

@@ -9,7 +9,8 @@ import torch
 from ..config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, fused: bool | None = None) -> torch.optim.SGD:
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig,
+                    fused: bool | None = None) -> torch.optim.SGD:
     params = [p for p in params if p.requires_grad]
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, fused=fused)

@@ -17,8 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import Config, dump_config
-from ..data import build_datasets
+from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
+from .batches import DeviceBatches
 from .checkpoint import write_checkpoint
+from .fastpath import configure_threads, teacher_split
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, build_scheduler
 from .tasks import Task, build_task
@@ -66,6 +68,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def adopt_base_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
+    """After loading a checkpoint, use this config's base lr (PBT may have mutated it since the checkpoint)."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
 def per_worker_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
         raise ValueError(f"train.batch_size {global_batch} is not divisible by scaling.num_workers {world_size}")
@@ -87,6 +97,34 @@ def make_loaders(train: Dataset, eval_set: Dataset, cfg: Config, rt: Runtime) ->
     return train_loader, eval_loader
 
 
+def is_in_memory(ds: Dataset) -> bool:
+    try:
+        as_tensors(ds)
+    except TypeError:
+        return False
+    return True
+
+
+def make_batches(data: DataBundle, cfg: Config, rt: Runtime) -> tuple[DeviceBatches | DataLoader, ...]:
+    """Training and evaluation batches: device-resident for in-memory datasets when ``train.device_data`` is on
+    (same epoch order and shards as ``make_loaders``), else the DataLoaders."""
+    if not (cfg.train.device_data and is_in_memory(data.train) and is_in_memory(data.eval)):
+        return make_loaders(data.train, data.eval, cfg, rt)
+    batch = per_worker_batch(cfg.train.batch_size, rt.world_size)
+    images, labels = as_tensors(data.train)
+    shard = -(-len(labels) // rt.world_size)
+    train = DeviceBatches(images, labels, batch, rt.device, augment=tensor_augmentation(data.train), seed=cfg.train.seed,
+                          rank=rt.rank, world_size=rt.world_size, drop_last=shard >= 2 * batch)
+    images, labels = as_tensors(data.eval)
+    eval_batches = DeviceBatches(images[rt.rank::rt.world_size], labels[rt.rank::rt.world_size], max(batch, 64),
+                                 rt.device, shuffle=False)
+    return train, eval_batches
+
+
+def set_epoch(batches: DeviceBatches | DataLoader, epoch: int) -> None:
+    (batches if isinstance(batches, DeviceBatches) else batches.sampler).set_epoch(epoch)
+
+
 def checkpoint_meta(kind: str, cfg: Config, task: Task, epoch: int, metrics: dict) -> dict:
     net = task.network
     return {"kind": kind, "method": cfg.distill.method if kind == "distill" else None, "arch": net.arch,
@@ -101,11 +139,20 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     data = build_datasets(cfg.data)
     task = build_task(kind, cfg, data.num_classes)
     fast = cfg.train.channels_last
-    for module in [*task.trainable_modules(), getattr(task, "teacher", None)]:
+    teacher = getattr(task, "teacher", None)
+    for module in [*task.trainable_modules(), teacher]:
         if module is not None:
             module.to(rt.device, memory_format=torch.channels_last if fast else torch.preserve_format)
+    threads = configure_threads(cfg.train.threads, rt.device)
+    overlap = None
+    if teacher is not None and cfg.train.teacher_overlap and rt.device.type == "cpu":
+        overlap = teacher_split(teacher, task.network, data.image_size, threads)
+    if cfg.train.compile:
+        for module in [*task.trainable_modules(), teacher]:
+            if module is not None:
+                module.compile()
     params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
-    optimizer = build_optimizer(params, cfg.optim, fused=rt.device.type == "cuda" or None)
+    optimizer = build_optimizer(params, cfg.optim, fused=cfg.train.fused_optimizer or None)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
     start_epoch = 0
     if rt.resume_state is not None:
@@ -113,17 +160,18 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         task.load_state_dicts(state["models"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        adopt_base_lr(optimizer, scheduler, cfg.optim.lr)
         set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
     task.wrap(rt.wrap)
     autocast = torch.bfloat16 if cfg.train.bf16 and rt.device.type == "cuda" else None
-    train_loader, eval_loader = make_loaders(data.train, data.eval, cfg, rt)
+    train_loader, eval_loader = make_batches(data, cfg, rt)
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast)
+        metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, overlap)
         scheduler.step()
         for prefix, net in task.networks_to_evaluate().items():
             for k, v in evaluate(net, eval_loader, rt.device, fast, autocast).items():

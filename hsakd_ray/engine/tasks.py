@@ -6,6 +6,7 @@ the Ray worker and the local runner call the same tasks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from .. import distill as D
 from ..config import Config
 from ..models import HSAKDNet, build_model
-from .checkpoint import load_network, load_tensor_file
+from .checkpoint import load_network, load_pretrained_backbone
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -43,6 +44,11 @@ class Task:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        """The gradient-free part of ``step`` (a frozen teacher's forward), which may run ahead on another thread
+        and is then passed to ``step(x, y, prepared)``. None: the task has no such part."""
+        return None
 
     def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
         """Networks whose test metrics are reported, by metric prefix ("" is the main one)."""
@@ -84,24 +90,33 @@ class DistillTask(Task):
 
     def __init__(self, student: HSAKDNet, teacher: HSAKDNet | None, cfg: Config) -> None:
         self.model, self.teacher, self.cfg = student, teacher, cfg.distill
+        self.inference_mode = cfg.train.inference_mode
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
     def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.inference_mode:
+            with torch.no_grad():
+                return self.teacher(x)
         with torch.inference_mode():
             logits, aux = self.teacher(x)
         return logits.clone(), [q.clone() for q in aux]  # normal tensors, usable in autograd
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
+        """(student input, teacher logits, teacher head logits): the rotated batch (``hsakd``) or the batch (``kd``)."""
+        if self.teacher is None or self.cfg.method == "ce":
+            return None
+        inputs = x if self.cfg.method == "kd" else D.rotate_batch(x, y)[0]
+        return (inputs, *self.teacher_forward(inputs))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:
         c = self.cfg
         if c.method == "ce":
             return D.ce_loss(self.model(x)[0], y)
+        inputs, t_logits, t_aux = prepared if prepared is not None else self.prepare(x, y)
+        s_logits, s_aux = self.model(inputs)
         if c.method == "kd":
-            t_logits, _ = self.teacher_forward(x)
-            return D.kd_loss(self.model(x)[0], t_logits, y, c.temperature, c.beta)
-        x_rot, _ = D.rotate_batch(x, y)
-        t_logits, t_aux = self.teacher_forward(x_rot)
-        s_logits, s_aux = self.model(x_rot)
+            return D.kd_loss(s_logits, t_logits, y, c.temperature, c.beta)
         return D.student_loss(s_logits, s_aux, t_logits, t_aux, y, temperature=c.temperature, alpha=c.alpha,
                               beta=c.beta, head_temperature=c.head_temperature, head_weights=c.head_weights)
 
@@ -183,7 +198,7 @@ def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
         t = cfg.teacher
         net = build_model(t.arch, num_classes, t.aux_stages)
         if t.pretrained:
-            net.backbone.load_state_dict(load_tensor_file(t.pretrained))
+            load_pretrained_backbone(net, t.pretrained)
         if t.mode == "frozen" and not t.pretrained:
             raise ValueError("teacher.mode 'frozen' needs teacher.pretrained (backbone weights to keep fixed)")
         return TeacherTask(net, frozen=t.mode == "frozen")

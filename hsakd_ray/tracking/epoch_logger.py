@@ -10,16 +10,52 @@ over all workers, while ``epoch_time`` and ``images_per_sec`` are rank 0's wall 
 Restarts are recorded on the run for the audit trail: tag ``hsakd.worker_failures`` counts worker-group failures
 seen by this controller, ``hsakd.resumed_at_epochs`` lists the epochs training continued at after a restart or
 ``--resume``.
+
+One gap remains when the driver dies: between Ray persisting a checkpoint and this callback logging its epochs.
+So each checkpoint carries the metrics of the epochs it makes durable (``reported_epochs.json``), and ``--resume``
+logs those of the latest checkpoint that MLflow lacks (``backfill_epochs``) before training continues after it.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from ray.train import UserCallback
 
 from .runs import log_epoch, logged_epochs
 
 FAILURES_TAG, RESUMED_TAG = "hsakd.worker_failures", "hsakd.resumed_at_epochs"
+BACKFILLED_TAG = "hsakd.backfilled_epochs"
+REPORTED_EPOCHS_FILE = "reported_epochs.json"
+
+
+def write_reported_epochs(checkpoint_dir: str | Path, reported: list[dict]) -> None:
+    """Store in a checkpoint the metrics of the epochs reported since the previous checkpoint (this one included)."""
+    (Path(checkpoint_dir) / REPORTED_EPOCHS_FILE).write_text(json.dumps(reported))
+
+
+def backfill_epochs(client, run_id: str, ray_run_path: str) -> list[int]:
+    """Log the epochs that the Ray run's latest checkpoint made durable but MLflow never received; their numbers."""
+    from ray.train import Result
+
+    try:
+        result = Result.from_path(ray_run_path)
+    except RuntimeError:  # no checkpoint was ever persisted
+        return []
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as directory:
+        file = Path(directory) / REPORTED_EPOCHS_FILE
+        reported = json.loads(file.read_text()) if file.is_file() else []
+    logged = logged_epochs(client, run_id)
+    missing = [m for m in reported if int(m["epoch"]) not in logged]
+    for metrics in missing:
+        log_epoch(client, run_id, int(metrics["epoch"]), metrics, int(time.time() * 1000))
+    epochs = [int(m["epoch"]) for m in missing]
+    if epochs:
+        client.set_tag(run_id, BACKFILLED_TAG, ",".join(map(str, epochs)))
+    return epochs
 
 
 class MLflowEpochLogger(UserCallback):

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from ..config import Config, ConfigError, config_to_dict, dump_config, flatten
 from ..tracking import runs as R
-from ..tracking.epoch_logger import MLflowEpochLogger
+from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint, resolve_checkpoint
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
@@ -98,6 +98,7 @@ def log_job_artifacts(client: MlflowClient, run_id: str, cfg: Config, result, sc
 
 def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking_uri: str | None = None,
                 resume: bool = False, address: str | None = None) -> dict:
+    """Check the tracking store and the teacher, then run the job on Ray (started here, or the one already up)."""
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     check_tracking_uri(uri)
     teacher_files = prepare_teacher(cfg, kind, uri)
@@ -110,9 +111,18 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     if resume and not is_remote_storage(storage) and not run_dir_exists:
         raise ConfigError(f"--resume: no run named {name!r} in {storage} (set tracking.run_name to its name)")
     address = address or cfg.ray.address
-    started_ray = init_ray(address)
-    check_cluster_paths(storage, uri, address)
+    # a job that started (or joined) Ray here disconnects when it ends: no local Ray process outlives the driver
+    stop_ray = ray.shutdown if init_ray(address) else (lambda: None)
+    try:
+        check_cluster_paths(storage, uri, address)
+        return fit_tracked(cfg, kind, name, storage, uri, teacher_files, config_path, resume, stop_ray)
+    finally:
+        stop_ray()
 
+
+def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teacher_files: dict[str, bytes] | None,
+                config_path: str | None, resume: bool, stop_ray) -> dict:
+    """Create (or on ``resume`` reopen) the job's MLflow run, fit the TorchTrainer, log artifacts, set the status."""
     client = MlflowClient(uri)
     experiment_id = R.get_experiment_id(client, cfg.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
@@ -120,6 +130,8 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     tags.update({"hsakd.teacher_source": teacher_source(cfg, kind), "ray.run_name": name,
                  "ray.storage_path": storage, "hsakd.config_file": str(config_path or "")})
     run_id = R.start_run(client, experiment_id, name, tags, flatten(config_to_dict(cfg)), resume=resume)
+    if resume:
+        backfill_epochs(client, run_id, f"{storage}/{name}")
     print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} at {uri}; Ray run {storage}/{name}",
           flush=True)
     score = score_attribute(cfg)
@@ -135,8 +147,8 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
             print(f"registered {model}", flush=True)
         R.finish_run(client, run_id, "FINISHED")
     except INTERRUPTS:
-        if started_ray:  # stop the controller and its workers before the status is final
-            ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the cleanup short
+        stop_ray()  # the controller and its workers stop before the status is final (no epoch logged after it)
         R.finish_run(client, run_id, "KILLED")
         print(f"run {name} killed; checkpoints kept in {storage}/{name}; continue with --resume", flush=True)
         raise KeyboardInterrupt from None
@@ -146,8 +158,6 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     finally:
         for sig, handler in previous.items():  # fit() leaves Ray's SIGINT handler, bound to a finished controller
             signal.signal(sig, handler)
-        if started_ray:  # a job that started its own Ray instance leaves no Ray processes behind
-            ray.shutdown()
     metrics = result.metrics or {}
     print(f"done: {kind} {name}: {score} {metrics.get(score, float('nan')):.2f} (last epoch); "
           f"best checkpoint runs:/{run_id}/{CHECKPOINT_ARTIFACT}", flush=True)

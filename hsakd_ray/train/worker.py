@@ -52,8 +52,11 @@ def train_loop_per_worker(config: dict) -> None:
             logger.info("resuming after epoch %d from %s", int(resume_state["epoch"]), checkpoint.path)
 
     every, total = cfg.train.checkpoint_every, cfg.train.epochs
+    # where this worker runs, reported with its metrics so a Tune trial's MLflow run is tagged with its node
+    node = {"worker_node_ip": ray.util.get_node_ip_address(), "worker_node_id": ray.get_runtime_context().get_node_id()}
 
     def report(epoch: int, metrics: dict, save) -> None:
+        metrics = {**metrics, **node}
         if rank == 0:
             logger.info(format_epoch(epoch, total, metrics))
         if epoch % every and epoch != total:

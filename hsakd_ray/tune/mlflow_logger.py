@@ -17,6 +17,7 @@ from ..tracking import runs as R
 from .space import SearchSpace, trial_config
 
 TRIAL_TAG = "hsakd.trial_id"
+NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip"}  # result key -> run tag
 
 
 class MLflowTrialLogger(Callback):
@@ -26,6 +27,7 @@ class MLflowTrialLogger(Callback):
         self.run_ids: dict[str, str] = {}
         self.logged: dict[str, set[int]] = {}
         self.last_epoch: dict[str, int] = {}
+        self.nodes: dict[str, dict[str, str]] = {}
         self._client: MlflowClient | None = None
 
     @property
@@ -69,6 +71,7 @@ class MLflowTrialLogger(Callback):
         if "epoch" not in result:
             return
         run_id, epoch = self.run_id(trial), int(result["epoch"])
+        self._tag_node(run_id, trial.trial_id, result)
         self.last_epoch[trial.trial_id] = epoch
         if epoch in self.logged[trial.trial_id]:
             return
@@ -78,6 +81,14 @@ class MLflowTrialLogger(Callback):
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         R.log_epoch(self.client, run_id, epoch, metrics, int(time.time() * 1000))
         self.logged[trial.trial_id].add(epoch)
+
+    def _tag_node(self, run_id: str, trial_id: str, result: dict) -> None:
+        """Tag the run with the node its Train worker (rank 0) ran on; again if a restart moved it."""
+        node = {tag: str(result[key]) for key, tag in NODE_TAGS.items() if key in result}
+        if node and self.nodes.get(trial_id) != node:
+            for tag, value in node.items():
+                self.client.set_tag(run_id, tag, value)
+            self.nodes[trial_id] = node
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)

@@ -1,0 +1,70 @@
+"""CPU thread settings of the fast path: threads per worker, and whether the frozen teacher runs on its own threads.
+
+On a CPU the teacher's forward (it needs no gradients) can run for the next batch while the student trains on this
+one, each on its share of the worker's cores (``train.teacher_overlap``). Single-threaded kernels run closer to
+peak than the same kernels split across threads, so the overlap wins when the two sides are balanced; when one side
+dominates, intra-op threads on the whole step win. ``overlap_threads`` decides from the two sides' FLOPs.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# Assumed speed-up per thread of intra-op parallelism in a whole training step (synchronisation per op and
+# less-parallel small ops); the overlap must beat this to be chosen.
+INTRA_OP_EFFICIENCY = 0.85
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None, device: torch.device) -> int:
+    """Set intra-op threads on CPU: ``threads``, or keep what the process has (a Ray worker sets its CPUs).
+
+    Returns the count in effect.
+    """
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def forward_flops(net: nn.Module, image: torch.Tensor) -> int:
+    """FLOPs of one eval-mode forward of ``net`` on ``image`` (no gradients, BN statistics untouched)."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(image)
+    finally:
+        net.train(was_training)
+    return counter.get_total_flops()
+
+
+def overlap_threads(teacher_flops: float, student_flops: float, threads: int) -> tuple[int, int] | None:
+    """(teacher threads, student threads) for running the teacher alongside the student, or None to run them in
+    turn on all ``threads`` (one thread, or one side so heavy that the other would idle too long)."""
+    if threads < 2 or teacher_flops <= 0 or student_flops <= 0:
+        return None
+    split = min(((t, threads - t) for t in range(1, threads)),
+                key=lambda s: max(teacher_flops / s[0], student_flops / s[1]))
+    overlapped = max(teacher_flops / split[0], student_flops / split[1])
+    in_turn = (teacher_flops + student_flops) / (threads * INTRA_OP_EFFICIENCY)
+    return split if overlapped < in_turn else None
+
+
+def teacher_split(teacher: nn.Module, student: nn.Module, image_size: int, threads: int) -> tuple[int, int] | None:
+    """``overlap_threads`` for a teacher/student pair, counting FLOPs on one rotated CPU image (4 rows).
+
+    The student's step (forward + backward) is taken as three forwards.
+    """
+    device = next(teacher.parameters()).device
+    rows = torch.zeros(4, 3, image_size, image_size, device=device)
+    return overlap_threads(forward_flops(teacher, rows), 3 * forward_flops(student, rows), threads)
