@@ -70,7 +70,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
 
-def table(args: argparse.Namespace, results: dict[str, list[float]], seconds: float) -> str:
+def table(args: argparse.Namespace, results: dict[str, list[float]], seconds: float, cpu_seconds: float) -> str:
     n_seeds = len(args.seeds)
     header = (
         f"# ce / kd / hsakd students on digits ({n_seeds} seeds)\n\n"
@@ -83,7 +83,8 @@ def table(args: argparse.Namespace, results: dict[str, list[float]], seconds: fl
         f"methods)\n"
         f"- images {args.image_size} px; SGD lr {args.lr}, Nesterov momentum 0.9, weight decay 5e-4, cosine schedule, "
         f"batch {args.batch_size} images (x4 rows with rotations); kd and hsakd: T = 3, alpha = beta = 1\n"
-        f"- {args.threads} CPU thread(s); whole run {seconds / 60:.1f} min\n"
+        f"- {args.threads} CPU thread(s); whole run {seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU "
+        f"(the wall time grows when other jobs share the machine)\n"
         f"- command: `.venv/bin/python benchmarks/digits_methods.py "
         f"--seeds {' '.join(map(str, args.seeds))} --teacher {args.teacher} --student {args.student} "
         f"--teacher-epochs {args.teacher_epochs} --student-epochs {args.student_epochs} --few-shot {args.few_shot} "
@@ -104,6 +105,7 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     results: dict[str, list[float]] = {key: [] for key in ("teacher", *METHODS)}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="digits-teachers-") as tmp:
         for seed in args.seeds:
             base = base_overrides(args, seed)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 top1, took = run(cfg, "distill")
                 results[method].append(top1)
                 print(f"seed {seed} {method}: {top1:.2f} ({took:.0f} s)", flush=True)
-    text = table(args, results, time.perf_counter() - start)
+    text = table(args, results, time.perf_counter() - start, time.process_time() - cpu_start)
     write_atomically(args.out, text)
     print(text)
     return 0

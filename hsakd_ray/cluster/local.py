@@ -34,7 +34,7 @@ from .processes import CLUSTER_MARK, alive, cluster_processes, stop_cluster_proc
 
 STATE_FILE = "cluster.json"
 NODE_MARK = "HSAKD_CLUSTER_NODE"
-MAX_TEMP_DIR_CHARS = 40  # Ray puts unix sockets under TEMP/session_<date>_<pid>/sockets: paths are capped at 107
+MAX_TEMP_DIR_CHARS = 36  # Ray puts unix sockets under TEMP/n<k>/session_<date>_<pid>/sockets: paths cap at 107
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ClusterState:
     tracking_uri: str
     storage_path: str
     token_path: str
-    temp_dir: str
+    temp_dir: str               # one Ray temp dir per node below it (n0, n1, ...), as on separate machines
     owns_temp_dir: bool         # a short directory under /tmp (DIR was too long for Ray's socket paths)
     nodes: list[NodeState]
     mlflow_pids: list[int]
@@ -116,16 +116,29 @@ def executable(name: str) -> str:
 
 def process_env(cluster_id: str, token_path: Path, node: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    # jobs (`ray job submit -- hsakd-ray ...`) find this environment's python and entry points first
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0",
                 CLUSTER_MARK: cluster_id, NODE_MARK: node})
     return env
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
+def log_cause(path: Path) -> str:
+    """The line of a log that says why a process failed: its last error line, else its last line."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
-        return ""
+        return "no log"
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["empty log"])[-1]
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ClusterError(f"--mlflow-port {port}: 127.0.0.1:{port} is in use; pick another port") from None
 
 
 def choose_temp_dir(root: Path, cluster_id: str) -> tuple[Path, bool]:
@@ -135,10 +148,16 @@ def choose_temp_dir(root: Path, cluster_id: str) -> tuple[Path, bool]:
     return Path(tempfile.gettempdir()) / f"hsakd-{cluster_id[:8]}", True
 
 
+def node_temp_dir(temp_dir: Path, node: NodeState) -> Path:
+    """Each node's own Ray temp dir: nodes sharing one would share runtime-env caches, and one node's cleanup of a
+    job's working_dir would delete it under a driver running on another node."""
+    return temp_dir / f"n{node.name.rsplit('_', 1)[1]}"
+
+
 def ray_start_args(node: NodeState, temp_dir: Path, object_store_bytes: int, head_ports: dict | None,
                    address: str | None) -> list[str]:
     args = [executable("ray"), "start", f"--num-cpus={node.num_cpus}", "--num-gpus=0",
-            f"--resources={json.dumps({node.resource: 1})}", f"--temp-dir={temp_dir}",
+            f"--resources={json.dumps({node.resource: 1})}", f"--temp-dir={node_temp_dir(temp_dir, node)}",
             f"--object-store-memory={object_store_bytes}", f"--dashboard-agent-listen-port={free_port()}",
             f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
     if head_ports is not None:
@@ -150,7 +169,7 @@ def ray_start_args(node: NodeState, temp_dir: Path, object_store_bytes: int, hea
 
 def start_ray_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     """``ray start`` (without --block) returns once its node has joined; its daemons outlive it."""
-    with open(log, "ab") as out:
+    with open(log, "wb") as out:  # this run's log only: errors are read back from it
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -161,8 +180,8 @@ def wait_ray_start(process: subprocess.Popen, node: NodeState, timeout: float) -
         process.kill()
         raise ClusterError(f"ray start for {node.name} did not finish in {timeout:.0f} s; see {node.log}") from None
     if code != 0:
-        raise ClusterError(f"ray start for {node.name} failed (exit {code}); see {node.log}:\n"
-                           f"{log_tail(Path(node.log))}")
+        raise ClusterError(f"ray start for {node.name} failed (exit {code}): {log_cause(Path(node.log))} "
+                           f"(log: {node.log})")
 
 
 def start_mlflow(root: Path, port: int, env: dict) -> subprocess.Popen:
@@ -171,7 +190,7 @@ def start_mlflow(root: Path, port: int, env: dict) -> subprocess.Popen:
     args = [executable("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
-    with open(root / "logs" / "mlflow.log", "ab") as out:
+    with open(root / "logs" / "mlflow.log", "wb") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -181,7 +200,7 @@ def wait_mlflow(process: subprocess.Popen, uri: str, log: Path, timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ClusterError(f"mlflow server exited with code {process.returncode}; see {log}:\n{log_tail(log)}")
+            raise ClusterError(f"mlflow server exited with code {process.returncode}: {log_cause(log)} (log: {log})")
         try:
             if requests.get(f"{uri}/health", timeout=1).status_code == 200:
                 return
@@ -222,6 +241,8 @@ def up(directory: str | Path, nodes: int = 2, cpus_per_node: int = 1, mlflow_por
         raise ClusterError(f"--nodes must be at least 1, got {nodes}")
     if cpus_per_node < 1:
         raise ClusterError(f"--cpus-per-node must be at least 1, got {cpus_per_node}")
+    if mlflow_port:
+        check_port_free(mlflow_port)
     root = Path(directory).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     check_not_running(root)
@@ -248,7 +269,7 @@ def up(directory: str | Path, nodes: int = 2, cpus_per_node: int = 1, mlflow_por
         wait_ray_start(start_ray_node(ray_start_args(head, temp_dir, object_store, head_ports, None),
                                       process_env(cluster_id, token_path, head.name), Path(head.log)),
                        head, timeout)
-        state.address = (temp_dir / "ray_current_cluster").read_text().strip()
+        state.address = (node_temp_dir(temp_dir, head) / "ray_current_cluster").read_text().strip()
         starting = [(node, start_ray_node(ray_start_args(node, temp_dir, object_store, None, state.address),
                                           process_env(cluster_id, token_path, node.name), Path(node.log)))
                     for node in node_states[1:]]

@@ -50,7 +50,7 @@ def _signal(pids, sig: int) -> None:
             pass
 
 
-def stop_cluster_processes(cluster_id: str, grace_s: float = 5.0) -> dict[int, str]:
+def stop_cluster_processes(cluster_id: str, grace_s: float = 3.0) -> dict[int, str]:
     """SIGTERM every process of the cluster, SIGKILL what is left after ``grace_s`` (Ray's GCS and raylets can
     take minutes to drain once their peers are gone). Returns what survived even SIGKILL (normally nothing)."""
     deadline = time.monotonic() + grace_s

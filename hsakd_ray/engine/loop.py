@@ -22,7 +22,7 @@ def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keys = sorted(sums)
     flat = torch.stack([sums[k].double() for k in keys])
     dist.all_reduce(flat)
-    return dict(zip(keys, flat))
+    return dict(zip(keys, flat, strict=True))
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,

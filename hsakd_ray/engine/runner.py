@@ -113,8 +113,8 @@ def make_batches(data: DataBundle, cfg: Config, rt: Runtime) -> tuple[DeviceBatc
     batch = per_worker_batch(cfg.train.batch_size, rt.world_size)
     images, labels = as_tensors(data.train)
     shard = -(-len(labels) // rt.world_size)
-    train = DeviceBatches(images, labels, batch, rt.device, augment=tensor_augmentation(data.train), seed=cfg.train.seed,
-                          rank=rt.rank, world_size=rt.world_size, drop_last=shard >= 2 * batch)
+    train = DeviceBatches(images, labels, batch, rt.device, augment=tensor_augmentation(data.train),
+                          seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size, drop_last=shard >= 2 * batch)
     images, labels = as_tensors(data.eval)
     eval_batches = DeviceBatches(images[rt.rank::rt.world_size], labels[rt.rank::rt.world_size], max(batch, 64),
                                  rt.device, shuffle=False)
@@ -132,27 +132,45 @@ def checkpoint_meta(kind: str, cfg: Config, task: Task, epoch: int, metrics: dic
             "metrics": metrics, "dataset": cfg.data.name}
 
 
+@dataclass
+class StepSetup:
+    """How ``train_epoch`` runs a task's steps: its optimizer and the fast-path switches resolved for the device."""
+
+    optimizer: torch.optim.SGD
+    channels_last: bool
+    autocast: torch.dtype | None
+    overlap: tuple[int, int] | None  # (teacher, student) intra-op threads when the teacher runs a batch ahead
+
+
+def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -> StepSetup:
+    """Move the task's networks to ``device`` and apply the fast path of ``cfg.train``: memory format, CPU threads,
+    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast on CUDA."""
+    fast = cfg.train
+    teacher = getattr(task, "teacher", None)
+    networks = [m for m in [*task.trainable_modules(), teacher] if m is not None]
+    for module in networks:
+        module.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
+    threads = configure_threads(fast.threads, device)
+    overlap = None
+    if teacher is not None and fast.teacher_overlap and device.type == "cpu":
+        overlap = teacher_split(teacher, task.network, image_size, threads)
+    if fast.compile:
+        for module in networks:
+            module.compile()
+    params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
+    optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
+    autocast = torch.bfloat16 if fast.bf16 and device.type == "cuda" else None
+    return StepSetup(optimizer, fast.channels_last, autocast, overlap)
+
+
 def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     """Train a ``teacher``, ``distill`` or ``probe`` job for ``cfg.train.epochs``; returns the last epoch's metrics."""
     rt = rt or Runtime(device=resolve_device(cfg.train.device))
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data)
     task = build_task(kind, cfg, data.num_classes)
-    fast = cfg.train.channels_last
-    teacher = getattr(task, "teacher", None)
-    for module in [*task.trainable_modules(), teacher]:
-        if module is not None:
-            module.to(rt.device, memory_format=torch.channels_last if fast else torch.preserve_format)
-    threads = configure_threads(cfg.train.threads, rt.device)
-    overlap = None
-    if teacher is not None and cfg.train.teacher_overlap and rt.device.type == "cpu":
-        overlap = teacher_split(teacher, task.network, data.image_size, threads)
-    if cfg.train.compile:
-        for module in [*task.trainable_modules(), teacher]:
-            if module is not None:
-                module.compile()
-    params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
-    optimizer = build_optimizer(params, cfg.optim, fused=cfg.train.fused_optimizer or None)
+    setup = setup_step(task, cfg, rt.device, data.image_size)
+    optimizer, fast, autocast = setup.optimizer, setup.channels_last, setup.autocast
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
     start_epoch = 0
     if rt.resume_state is not None:
@@ -164,14 +182,13 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
     task.wrap(rt.wrap)
-    autocast = torch.bfloat16 if cfg.train.bf16 and rt.device.type == "cuda" else None
     train_loader, eval_loader = make_batches(data, cfg, rt)
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, overlap)
+        metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, setup.overlap)
         scheduler.step()
         for prefix, net in task.networks_to_evaluate().items():
             for k, v in evaluate(net, eval_loader, rt.device, fast, autocast).items():

@@ -43,14 +43,12 @@ def alive_node_count() -> int:
     return len(alive_nodes())
 
 
-def is_loopback_uri(uri: str) -> bool:
-    host = urlparse(uri).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
 def check_cluster_paths(storage_path: str, tracking_uri: str, address: str | None) -> None:
-    """On a multi-node cluster, refuse what only some nodes can reach: a node-local storage_path, a tracking store
-    only this node can write (sqlite, file), and a loopback tracking URI when nodes run on other hosts.
+    """On a multi-node cluster, refuse a node-local storage_path (other nodes' trials could not checkpoint or resume)
+    and a file-based tracking store (sqlite, file: a cluster's runs belong on a tracking server that every user
+    reaches, and sqlite takes one writer at a time). A loopback server URI is accepted: only the driver writes to
+    MLflow (Tune's trial logger runs in the driver; Train pins each run's controller, which logs its epochs, to the
+    driver's node), so a server on the driver's node is enough.
 
     Decided from the nodes Ray reports, not from ``address``: ``ray.init()`` also joins a cluster through
     ``RAY_ADDRESS``."""
@@ -69,10 +67,4 @@ def check_cluster_paths(storage_path: str, tracking_uri: str, address: str | Non
         raise ConfigError(
             f"tracking URI {tracking_uri!r} is a local store but the cluster has {len(nodes)} nodes: "
             "start an MLflow tracking server and pass --tracking-uri http://HOST:PORT"
-        )
-    hosts = {node["NodeManagerAddress"] for node in nodes}
-    if is_loopback_uri(tracking_uri) and len(hosts) > 1:
-        raise ConfigError(
-            f"tracking URI {tracking_uri!r} is a loopback address but the cluster's nodes run on {len(hosts)} "
-            "hosts: pass the tracking server's cluster-internal address, e.g. --tracking-uri http://HEAD_IP:5000"
         )

@@ -13,6 +13,7 @@ from ..config import config_from_dict
 from ..engine import Runtime, load_train_state, run_job
 from ..engine.checkpoint import load_tensor_file
 from ..engine.reporting import format_epoch
+from ..tracking.epoch_logger import write_reported_epochs
 
 # Not print(): Train V2 patches print in workers to log *and* (because Ray's workers replace sys.stdout) to echo
 # the line, so every printed line reached the driver twice. Train routes this logger to the console once.
@@ -55,18 +56,24 @@ def train_loop_per_worker(config: dict) -> None:
     # where this worker runs, reported with its metrics so a Tune trial's MLflow run is tagged with its node
     node = {"worker_node_ip": ray.util.get_node_ip_address(), "worker_node_id": ray.get_runtime_context().get_node_id()}
 
+    since_checkpoint: list[dict] = []  # this attempt's epochs since its last checkpoint, carried by the next one
+
     def report(epoch: int, metrics: dict, save) -> None:
         metrics = {**metrics, **node}
         if rank == 0:
             logger.info(format_epoch(epoch, total, metrics))
+        since_checkpoint.append(metrics)
         if epoch % every and epoch != total:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                ckpt = ray.train.Checkpoint.from_directory(str(save(Path(tmp) / "checkpoint")))
+                path = save(Path(tmp) / "checkpoint")
+                write_reported_epochs(path, since_checkpoint)
+                ckpt = ray.train.Checkpoint.from_directory(str(path))
             ray.train.report(metrics, checkpoint=ckpt)
+        since_checkpoint.clear()
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(module, move_to_device=False)

@@ -1,0 +1,209 @@
+"""What Ray costs: one distillation job in-process vs under Ray Train (1 worker), and a Tune trial's start-up.
+
+1. The same job (config, data, teacher, threads) runs in-process (``run_job`` with a local ``Runtime``) and as a
+   1-worker ``TorchTrainer`` from ``hsakd_ray.train.trainer.build_trainer``, alternating, ``--rounds`` times each.
+   Compared: the steady-state epoch time (median of each run's reported ``epoch_time`` after its first epoch) and
+   the wall time of the whole run (Ray: ``fit()``, with Ray itself already started).
+2. A minimal ``tune.Tuner`` whose trial function builds and fits a 1-epoch TorchTrainer: the time from
+   ``Tuner.fit()`` to the trial's first report, against the in-process time from ``run_job`` to its first report.
+
+    python benchmarks/orchestration_overhead.py              # ~ several minutes on a quiet 2-core machine
+    python benchmarks/orchestration_overhead.py --quick      # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ray.train import UserCallback
+
+from hsakd_ray.config import Config, apply_overrides, config_from_dict, dump_config
+from hsakd_ray.engine import Runtime, run_job, write_checkpoint
+from hsakd_ray.models import build_model
+
+
+def job_config(args: argparse.Namespace, teacher_dir: Path, output: Path) -> Config:
+    threads = args.threads or len(os.sched_getaffinity(0))
+    raw = {
+        "data": {"name": "synthetic", "image_size": 32, "synthetic_train_size": args.train_size,
+                 "synthetic_test_size": 64, "synthetic_classes": 10},
+        "teacher": {"arch": args.teacher, "checkpoint": str(teacher_dir)},
+        "student": {"arch": args.student},
+        "optim": {"schedule": "constant", "milestones": []},
+        "train": {"epochs": args.epochs, "batch_size": args.batch, "device": "cpu", "threads": threads,
+                  "output_dir": str(output)},
+        "scaling": {"num_workers": 1, "cpus_per_worker": float(threads)},
+        "ray": {"storage_path": str(output / "ray"), "max_failures": 0},
+    }
+    return config_from_dict(apply_overrides(raw, []))
+
+
+def make_teacher(args: argparse.Namespace, path: Path) -> Path:
+    """A randomly initialised teacher with heads on every stage, saved as a checkpoint directory."""
+    torch.manual_seed(0)
+    net = build_model(args.teacher, 10, "all")
+    meta = {"kind": "teacher", "arch": net.arch, "num_classes": 10, "aux_stages": list(net.aux_stages),
+            "epoch": 0, "metrics": {}, "dataset": "synthetic"}
+    return write_checkpoint(path, model_state=net.state_dict(), meta=meta, config_yaml=dump_config(Config()))
+
+
+def run_in_process(cfg: Config) -> dict:
+    """Epoch times, wall time, and time to the first epoch's report of ``run_job`` in this process."""
+    times: list[float] = []
+    first: list[float] = []
+    start = time.perf_counter()
+
+    def report(epoch: int, metrics: dict, save) -> None:
+        first.append(first[0] if first else time.perf_counter() - start)
+        times.append(metrics["epoch_time"])
+
+    threads = torch.get_num_threads()
+    run_job(cfg, "distill", Runtime(report=report))
+    torch.set_num_threads(threads)
+    return {"epoch_times": times, "wall": time.perf_counter() - start, "first_report": first[0]}
+
+
+class ReportLog(UserCallback):
+    """Appends (wall-clock time, rank 0's metrics) of every Train report to a JSON-lines file. The Train
+    controller runs in another process on this machine, so a file is the simplest way back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        numbers = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float))}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": time.time(), "metrics": numbers}) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_under_ray_train(cfg: Config, name: str, log: Path) -> dict:
+    """The same job as a 1-worker TorchTrainer; epoch times come from the reported metrics."""
+    from hsakd_ray.train.trainer import build_trainer, read_checkpoint_files
+
+    files = read_checkpoint_files(cfg.teacher.checkpoint)
+    trainer = build_trainer(cfg, "distill", name, cfg.ray.storage_path, [ReportLog(log)], files)
+    start = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - start
+    return {"epoch_times": [r["metrics"]["epoch_time"] for r in read_log(log)], "wall": wall}
+
+
+def tune_first_report(cfg: Config, storage: Path) -> dict:
+    """Seconds from ``Tuner.fit()`` to the first metrics of a trial that fits a 1-epoch TorchTrainer."""
+    from ray import tune
+
+    from hsakd_ray.config import config_to_dict
+    from hsakd_ray.train.trainer import build_trainer, read_checkpoint_files
+
+    cfg_dict = config_to_dict(cfg)
+    cfg_dict["train"]["epochs"] = 1
+    files = read_checkpoint_files(cfg.teacher.checkpoint)
+    storage.mkdir(parents=True, exist_ok=True)
+    log, started = storage / "reports.jsonl", storage / "trial_start"
+
+    def trial(config: dict) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        started.write_text(repr(time.time()))
+        name = f"trial-{tune.get_context().get_trial_id()}"
+        build_trainer(config_from_dict(config["cfg"]), "distill", name, str(storage / "train"),
+                      [TuneReportCallback(), ReportLog(log)], files).fit()
+
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0.05}), param_space={"cfg": cfg_dict},
+                       tune_config=tune.TuneConfig(num_samples=1),
+                       run_config=tune.RunConfig(name="startup", storage_path=str(storage / "tune")))
+    start = time.time()
+    tuner.fit()
+    end = time.time()
+    first = read_log(log)[0]
+    return {"first_report": first["time"] - start, "trial_start": float(started.read_text()) - start,
+            "epoch_time": first["metrics"]["epoch_time"], "wall": end - start}
+
+
+def steady(times: list[float]) -> float:
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default="wrn_16_2")
+    p.add_argument("--student", default="wrn_16_1")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=512, help="synthetic training images")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2, help="in-process / Ray Train pairs, alternating")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the job (default: all CPUs)")
+    p.add_argument("--no-tune", action="store_true", help="skip the Tune start-up measurement")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of 128 images, 1 round")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_size, args.rounds = 2, 128, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="hsakd-orchestration-") as tmp:
+        root = Path(tmp)
+        cfg = job_config(args, make_teacher(args, root / "teacher"), root / "out")
+        threads = cfg.train.threads
+        print(f"job: distill {args.teacher} -> {args.student}, synthetic {args.train_size} images 32 px, batch "
+              f"{args.batch}, {args.epochs} epochs, {threads} threads; load average "
+              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+        ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+        try:
+            local, remote = [], []
+            for r in range(args.rounds):
+                local.append(run_in_process(cfg))
+                print(f"round {r + 1} in-process: epochs {fmt(local[-1]['epoch_times'])}  wall "
+                      f"{local[-1]['wall']:.2f} s", flush=True)
+                remote.append(run_under_ray_train(cfg, f"overhead-{r}", root / f"train-{r}.jsonl"))
+                print(f"round {r + 1} Ray Train:  epochs {fmt(remote[-1]['epoch_times'])}  wall "
+                      f"{remote[-1]['wall']:.2f} s", flush=True)
+            out = {
+                "epoch_in_process": statistics.median(steady(x["epoch_times"]) for x in local),
+                "epoch_ray_train": statistics.median(steady(x["epoch_times"]) for x in remote),
+                "wall_in_process": statistics.median(x["wall"] for x in local),
+                "wall_ray_train": statistics.median(x["wall"] for x in remote),
+                "first_report_in_process": statistics.median(x["first_report"] for x in local),
+            }
+            out["epoch_ratio"] = out["epoch_ray_train"] / out["epoch_in_process"]
+            out["wall_ratio"] = out["wall_ray_train"] / out["wall_in_process"]
+            print(f"steady-state epoch: in-process {out['epoch_in_process']:.3f} s, Ray Train "
+                  f"{out['epoch_ray_train']:.3f} s, ratio {out['epoch_ratio']:.3f} "
+                  f"({100 * (out['epoch_ratio'] - 1):+.1f} %)")
+            print(f"whole run ({args.epochs} epochs + eval): in-process {out['wall_in_process']:.2f} s, Ray Train "
+                  f"fit {out['wall_ray_train']:.2f} s, ratio {out['wall_ratio']:.3f} "
+                  f"(+{out['wall_ray_train'] - out['wall_in_process']:.2f} s)")
+            if not args.no_tune:
+                tune = tune_first_report(cfg, root / "tune")
+                out.update({f"tune_{k}": v for k, v in tune.items()})
+                startup = tune["first_report"] - tune["epoch_time"]
+                print(f"Tune trial: first report {tune['first_report']:.2f} s after Tuner.fit() (trial function "
+                      f"started at {tune['trial_start']:.2f} s; its epoch took {tune['epoch_time']:.2f} s), "
+                      f"in-process first report {out['first_report_in_process']:.2f} s; start-up "
+                      f"{startup:.2f} s, ratio {tune['first_report'] / out['first_report_in_process']:.2f}")
+            print(f"load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        finally:
+            ray.shutdown()
+    return out
+
+
+def fmt(times: list[float]) -> str:
+    return " ".join(f"{t:.2f}" for t in times)
+
+
+if __name__ == "__main__":
+    main()

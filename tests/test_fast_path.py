@@ -1,0 +1,227 @@
+"""The fast path computes the reference step: same loss and gradients (fp32 to float tolerance, bf16 to a stated
+one); device-side crop/flip draws from the CPU pipeline's distribution; the device-resident batches visit every
+sample once per epoch across ranks, in DistributedSampler's order. Numbers, not speed (see benchmarks/)."""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from hsakd_ray.config import Config, apply_overrides, config_from_dict
+from hsakd_ray.data import TensorImageDataset, as_tensors, tensor_augmentation
+from hsakd_ray.data.transforms import RandomCropFlip, Transformed
+from hsakd_ray.distill import rotate_batch
+from hsakd_ray.engine.batches import DeviceBatches, sampler_order
+from hsakd_ray.engine.fastpath import overlap_threads, teacher_split
+from hsakd_ray.engine.loop import train_epoch
+from hsakd_ray.engine.runner import Runtime, make_batches, setup_step
+from hsakd_ray.engine.tasks import DistillTask
+from hsakd_ray.models import build_model
+
+CLASSES, SIZE, BATCH = 5, 16, 4
+
+
+def kl_t(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(s_logits / temperature, dim=1), F.softmax(t_logits / temperature, dim=1),
+                    reduction="batchmean") * temperature**2
+
+
+def reference_loss(teacher, student, x, y, temperature=3.0, alpha=1.0, beta=1.0) -> torch.Tensor:
+    """HSAKD.md section 4 written out: host-side stacked rotations, teacher under no_grad, fp32, NCHW."""
+    x_rot = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).reshape(-1, *x.shape[1:])
+    with torch.no_grad():
+        t_logits, t_aux = teacher(x_rot)
+    s_logits, s_aux = student(x_rot)
+    heads = sum(kl_t(qt, qs, temperature) for qt, qs in zip(t_aux, s_aux, strict=True))
+    return F.cross_entropy(s_logits[::4], y) + alpha * heads + beta * kl_t(t_logits, s_logits, temperature)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", CLASSES, "all").eval()
+    for m in teacher.modules():  # non-trivial BN statistics, so eval-mode BN is really exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    student = build_model("resnet8", CLASSES, "all")
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, CLASSES, (BATCH,), generator=torch.Generator().manual_seed(2))
+    return teacher, student, x, y
+
+
+def reference_gradients(pair) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    teacher, student, x, y = pair
+    student = copy.deepcopy(student).train()
+    loss = reference_loss(copy.deepcopy(teacher), student, x, y)
+    loss.backward()
+    return loss.detach(), {k: p.grad for k, p in student.named_parameters()}
+
+
+def project_gradients(pair, *overrides: str, overlap=None, autocast=None) -> tuple[float, dict[str, torch.Tensor]]:
+    """One step through DistillTask + train_epoch (setup as a job does); gradients are left in ``.grad``."""
+    teacher, student, x, y = pair
+    cfg = config_from_dict(apply_overrides({}, list(overrides)))
+    task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
+    setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
+    metrics = train_epoch(task, setup.optimizer, [(x, y)], torch.device("cpu"), setup.channels_last, autocast,
+                          overlap)
+    return metrics["train/loss"], {k: p.grad for k, p in task.network.named_parameters()}
+
+
+FP32_PATHS = {
+    "plain": ["train.channels_last=false", "train.inference_mode=false", "train.fused_optimizer=false"],
+    "default": [],
+}
+
+
+@pytest.mark.parametrize("overlap", [None, (1, 1)], ids=["in-turn", "teacher-ahead"])
+@pytest.mark.parametrize("path", FP32_PATHS)
+def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, path, overlap):
+    ref_loss, ref_grads = reference_gradients(pair)
+    loss, grads = project_gradients(pair, *FP32_PATHS[path], overlap=overlap)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair):
+    """bf16 (CPU autocast here; the CUDA path is the same code): total loss within 5 %, every gradient tensor
+    pointing the same way (cosine > 0.95) with a norm within 10 %. A bf16 mantissa has 8 bits, and the KL terms,
+    small differences of near-equal distributions, move by up to ~35 % each at initialisation."""
+    ref_loss, ref_grads = reference_gradients(pair)
+    loss, grads = project_gradients(pair, autocast=torch.bfloat16)
+    assert loss == pytest.approx(float(ref_loss), rel=5e-2)
+    for name, grad in grads.items():
+        ref = ref_grads[name]
+        assert F.cosine_similarity(grad.flatten().float(), ref.flatten(), dim=0) > 0.95, name
+        assert float(grad.norm()) == pytest.approx(float(ref.norm()), rel=1e-1), name
+
+
+# ---------------------------------------------------------------- device-side augmentation
+
+PAD = 2
+
+
+def coded_dataset(n: int) -> Transformed:
+    """Images whose pixel (i, j) holds i * SIZE + j, so a crop's offsets and flip can be read back from it."""
+    grid = torch.arange(SIZE * SIZE, dtype=torch.float32).view(1, SIZE, SIZE)
+    images = grid.expand(n, 3, SIZE, SIZE).clone()
+    return Transformed(TensorImageDataset(images, torch.arange(n)), RandomCropFlip(PAD, flip=True, fill=(-1.0,) * 3))
+
+
+def offsets_and_flips(images: torch.Tensor) -> tuple[list[tuple[int, int]], list[bool]]:
+    """(top, left) crop offsets in [0, 2 * PAD] and the flip of each augmented coded image."""
+    c = SIZE // 2
+    centre, right = images[:, 0, c, c].long(), images[:, 0, c, c + 1].long()
+    flipped = (right - centre) == -1
+    row, col = centre // SIZE, centre % SIZE
+    top = row - c + PAD
+    left = torch.where(flipped, col - (SIZE - 1 - c), col - c) + PAD
+    return list(zip(top.tolist(), left.tolist(), strict=True)), flipped.tolist()
+
+
+def test_device_augmentation_keeps_shape_and_pixel_values_and_varies_between_epochs():
+    ds = coded_dataset(64)
+    batches = DeviceBatches(*as_tensors(ds), 16, torch.device("cpu"), augment=tensor_augmentation(ds), shuffle=False)
+    first = torch.cat([x for x, _ in batches])
+    second = torch.cat([x for x, _ in batches])
+    assert first.shape == (64, 3, SIZE, SIZE)
+    allowed = set(range(SIZE * SIZE)) | {-1}
+    assert set(first.unique().long().tolist()) <= allowed  # pixels of the image or the padding, nothing else
+    assert not torch.equal(first, second)
+    x_rot, _ = rotate_batch(first, torch.zeros(64, dtype=torch.long))
+    assert x_rot.shape == (256, 3, SIZE, SIZE)
+    assert torch.equal(x_rot[4 * 7 + 3], torch.rot90(first[7], 3, dims=(1, 2)))
+
+
+def test_device_crop_flip_draws_from_the_cpu_pipelines_distribution():
+    """Same flip rate (~0.5) and crop offsets spread evenly over all 2 * PAD + 1 positions on both paths."""
+    torch.manual_seed(0)
+    n = 3000
+    ds = coded_dataset(n)
+    cpu = torch.cat([x for x, _ in DataLoader(ds, batch_size=500)])  # per item, as the DataLoader path does
+    device = torch.cat([x for x, _ in DeviceBatches(*as_tensors(ds), 500, torch.device("cpu"),
+                                                     augment=tensor_augmentation(ds))])
+    positions = 2 * PAD + 1
+    histograms = []
+    for images in (cpu, device):
+        offsets, flips = offsets_and_flips(images)
+        assert abs(sum(flips) / n - 0.5) < 0.04
+        tops, lefts = Counter(t for t, _ in offsets), Counter(left for _, left in offsets)
+        for counts in (tops, lefts):
+            assert sorted(counts) == list(range(positions))
+            assert all(abs(c / n - 1 / positions) < 0.04 for c in counts.values())
+        histograms.append([tops[i] / n for i in range(positions)] + [lefts[i] / n for i in range(positions)])
+    assert max(abs(a - b) for a, b in zip(*histograms, strict=True)) < 0.05
+
+
+# ---------------------------------------------------------------- device-resident batches
+
+@pytest.mark.parametrize("n", [40, 41])
+def test_device_batches_follow_distributed_sampler_order(n):
+    for epoch in (1, 2):
+        for rank in (0, 1):
+            sampler = DistributedSampler(range(n), num_replicas=2, rank=rank, shuffle=True, seed=3)
+            sampler.set_epoch(epoch)
+            assert sampler_order(n, epoch, 3, rank, 2).tolist() == list(sampler)
+
+
+def test_device_batches_visit_every_sample_once_per_epoch_across_two_ranks():
+    n, batch = 40, 5
+    images, labels = torch.randn(n, 3, SIZE, SIZE), torch.arange(n)
+    ranks = [DeviceBatches(images, labels, batch, torch.device("cpu"), seed=7, rank=r, world_size=2) for r in (0, 1)]
+    orders = []
+    for epoch in (1, 2):
+        seen = []
+        for batches in ranks:
+            batches.set_epoch(epoch)
+            assert len(batches) == n // 2 // batch
+            for x, y in batches:
+                assert x.shape == (batch, 3, SIZE, SIZE)
+                torch.testing.assert_close(x, images[y])
+                seen += y.tolist()
+        assert sorted(seen) == list(range(n))
+        orders.append(seen)
+    assert orders[0] != orders[1]
+
+
+def tiny_job(*overrides: str) -> Config:
+    base = {"data": {"name": "synthetic", "image_size": SIZE, "synthetic_train_size": 40, "synthetic_test_size": 8,
+                     "synthetic_classes": CLASSES}, "train": {"batch_size": 8, "device": "cpu"}}
+    return config_from_dict(apply_overrides(base, list(overrides)))
+
+
+def test_jobs_on_in_memory_data_use_device_batches_unless_switched_off():
+    from hsakd_ray.data import build_datasets
+
+    cfg = tiny_job()
+    data = build_datasets(cfg.data)
+    train, evaluation = make_batches(data, cfg, Runtime())
+    assert isinstance(train, DeviceBatches) and isinstance(evaluation, DeviceBatches)
+    assert len(train) == 5 and sum(len(y) for _, y in evaluation) == 8
+    off = tiny_job("train.device_data=false")
+    assert all(isinstance(b, DataLoader) for b in make_batches(data, off, Runtime()))
+
+
+# ---------------------------------------------------------------- CPU thread split
+
+def test_teacher_overlaps_when_balanced_and_not_when_one_side_dominates():
+    assert overlap_threads(100.0, 95.0, 2) == (1, 1)
+    assert overlap_threads(300.0, 100.0, 4) == (3, 1)
+    assert overlap_threads(500.0, 100.0, 2) is None
+    assert overlap_threads(100.0, 100.0, 1) is None
+
+
+def test_teacher_split_counts_the_pair_without_touching_bn_statistics(pair):
+    teacher, student, _, _ = pair
+    student = copy.deepcopy(student).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    assert teacher_split(teacher, student, SIZE, 2) in (None, (1, 1))
+    assert student.training
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
