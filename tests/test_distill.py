@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from hsakd_ray.distill import (
-    ce_loss, eval_sums, finalize_metrics, head_class_logits, kd_loss, kl_div_t, mutual_loss, rotate_batch,
-    student_loss, teacher_loss,
+    ce_loss,
+    eval_sums,
+    finalize_metrics,
+    head_class_logits,
+    kd_loss,
+    kl_div_t,
+    mutual_loss,
+    rotate_batch,
+    student_loss,
+    teacher_loss,
 )
 
 
@@ -62,7 +70,8 @@ def batch():
 
 
 def test_kl_t_matches_formula(batch):
-    assert kl_div_t(batch["t"], batch["s"], 3.0).item() == pytest.approx(manual_kl(batch["t"], batch["s"], 3.0), rel=1e-5)
+    expected = manual_kl(batch["t"], batch["s"], 3.0)
+    assert kl_div_t(batch["t"], batch["s"], 3.0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_teacher_loss_is_ce_on_unrotated_plus_head_ce(batch):

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import marked_processes, start_cli, wait_for_no_processes
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,4 +152,19 @@ def test_resume_after_killed_driver(tmp_path):
         trial_id = child.data.tags["hsakd.trial_id"]
         if trial_id in finished_before:  # a finished trial is not run again
             assert child.info.end_time == finished_before[trial_id]
+    assert not wait_for_no_processes(), "processes left behind"
+
+
+def test_resources_the_cluster_can_never_give_are_refused(tmp_path):
+    space = tiny_space(tmp_path)
+    raw = yaml.safe_load(space.read_text())
+    raw["tune"]["resources"] = {"num_workers": 4, "cpus_per_worker": 2}
+    raw["teacher"] = "runs:/0123/checkpoint"  # never reached: refused before the teacher is resolved
+    space.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([str(Path(os.sys.executable).parent / "hsakd-ray"), "tune", str(space)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "tune.resources: a trial needs 8 CPUs" in last and "Traceback" not in done.stderr
+    assert not (tmp_path / "ray_results" / "resume").exists()
     assert not wait_for_no_processes(), "processes left behind"

@@ -5,7 +5,9 @@ import torch
 
 
 def rotate_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W), (B,) -> (4B, C, H, W), (4B,): row ``4*i + k`` is image i rotated by k*90 degrees, label ``4*y_i + k``.
+    """(B, C, H, W), (B,) -> (4B, C, H, W), (4B,).
+
+    Row ``4*i + k`` is image i rotated by k*90 degrees, with joint label ``4*y_i + k``.
 
     One ``stack`` of the four rotations, then a reshape, keeps rows image-major (HSAKD.md section 1).
     """

@@ -195,7 +195,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
                 metrics[f"{prefix}{data.eval_split}/{k}"] = v
         metrics.update(epoch=epoch, lr=lr)
 
-        def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:
+        def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:  # noqa: B006
             states = task.state_dicts()
             train_state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "rng": rng_state(), "models": states}

@@ -62,7 +62,10 @@ class Backbone(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """Maps F_l to 4N joint (class x rotation) logits: copies of stages l+1..S (or one extra stage), tail, pool, linear."""
+    """Maps F_l to 4N joint (class x rotation) logits.
+
+    Copies of stages l+1..S (or one extra stage after the last), the tail, pooling, a linear layer.
+    """
 
     def __init__(self, backbone: Backbone, stage: int, num_outputs: int) -> None:
         super().__init__()

@@ -20,20 +20,24 @@ from ..tracking.epoch_logger import write_reported_epochs
 logger = logging.getLogger("hsakd_ray.worker")
 
 
-def materialise_teacher(files: dict[str, bytes] | None) -> str | None:
-    """Write the teacher checkpoint shipped through the object store into a worker-local directory."""
+def materialise_teacher(files: dict[str, bytes] | None, root: str) -> str | None:
+    """Write the teacher checkpoint shipped through the object store into the worker-local directory ``root``."""
     if not files:
         return None
-    root = Path(tempfile.mkdtemp(prefix="hsakd-teacher-"))
     for name, blob in files.items():
-        (root / name).write_bytes(blob)
-    return str(root)
+        (Path(root) / name).write_bytes(blob)
+    return root
 
 
 def train_loop_per_worker(config: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="hsakd-teacher-") as scratch:  # removed when the worker's job ends
+        _train_worker(config, scratch)
+
+
+def _train_worker(config: dict, scratch: str) -> None:
     cfg = config_from_dict(config["cfg"])
     kind = config["kind"]
-    teacher_dir = materialise_teacher(config.get("teacher_files"))
+    teacher_dir = materialise_teacher(config.get("teacher_files"), scratch)
     if teacher_dir:  # the network the job starts from: the teacher of a distill job, the probed net of a probe
         getattr(cfg, "student" if kind == "probe" else "teacher").checkpoint = teacher_dir
     ctx = ray.train.get_context()

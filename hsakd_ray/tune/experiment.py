@@ -28,8 +28,18 @@ def tuning_metric(space: SearchSpace) -> str:
     return space.tune.metric or "val/top1"
 
 
-def check_feasible(space: SearchSpace) -> None:
-    """Refuse per-trial resources that the cluster can never provide."""
+def check_feasible(space: SearchSpace, joined: bool) -> None:
+    """Refuse per-trial resources that the cluster can never provide. A joined cluster may autoscale beyond
+    what is up now, so there the shortfall is a warning, not a refusal."""
+    try:
+        _check_resources(space)
+    except ConfigError as exc:
+        if not joined:
+            raise
+        print(f"warning: {exc} (now; an autoscaler may add nodes)", flush=True)
+
+
+def _check_resources(space: SearchSpace) -> None:
     total = ray.cluster_resources()
     r = space.tune.resources
     need_cpu, need_gpu = r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker
@@ -100,7 +110,7 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
     address = address or space.base.ray.address
     init_ray(address)
     check_cluster_paths(storage, uri, address)
-    check_feasible(space)
+    check_feasible(space, joined=bool(address))
 
     client = MlflowClient(uri)
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)

@@ -48,10 +48,11 @@ def build_search_alg(space: SearchSpace, max_concurrent: int):
     t = space.tune
     if t.search_alg == "optuna":
         try:
-            from ray.tune.search.optuna import OptunaSearch
             import optuna  # noqa: F401
+            from ray.tune.search.optuna import OptunaSearch
         except ImportError:
-            raise ConfigError("tune.search_alg optuna needs the optuna extra: pip install 'hsakd-ray[optuna]'") from None
+            raise ConfigError(
+                "tune.search_alg optuna needs the optuna extra: pip install 'hsakd-ray[optuna]'") from None
         from ray.tune.search import ConcurrencyLimiter
 
         return ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=max_concurrent)

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
-    Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml, set_dotted,
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    read_yaml,
+    set_dotted,
 )
 
 DISTRIBUTIONS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
