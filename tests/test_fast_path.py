@@ -4,6 +4,7 @@ sample once per epoch across ranks, in DistributedSampler's order. Numbers, not 
 from __future__ import annotations
 
 import copy
+import threading
 from collections import Counter
 
 import pytest
@@ -49,26 +50,34 @@ def pair():
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     student = build_model("resnet8", CLASSES, "all")
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, CLASSES, (BATCH,), generator=torch.Generator().manual_seed(2))
-    return teacher, student, x, y
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(BATCH, 3, SIZE, SIZE, generator=generator),
+                torch.randint(0, CLASSES, (BATCH,), generator=generator)) for _ in range(3)]
+    return teacher, student, batches
 
 
-def reference_gradients(pair) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    teacher, student, x, y = pair
-    student = copy.deepcopy(student).train()
-    loss = reference_loss(copy.deepcopy(teacher), student, x, y)
-    loss.backward()
-    return loss.detach(), {k: p.grad for k, p in student.named_parameters()}
+def reference_gradients(pair) -> tuple[float, dict[str, torch.Tensor]]:
+    """Mean loss over the batches, and the gradients of the last one, all at the initial weights."""
+    teacher, student, batches = pair
+    losses = []
+    for x, y in batches:
+        student = copy.deepcopy(pair[1]).train()
+        loss = reference_loss(copy.deepcopy(teacher), student, x, y)
+        loss.backward()
+        losses.append(float(loss.detach()))
+    return sum(losses) / len(losses), {k: p.grad for k, p in student.named_parameters()}
 
 
 def project_gradients(pair, *overrides: str, overlap=None, autocast=None) -> tuple[float, dict[str, torch.Tensor]]:
-    """One step through DistillTask + train_epoch (setup as a job does); gradients are left in ``.grad``."""
-    teacher, student, x, y = pair
+    """``train_epoch`` over the batches with the task set up as a job does, at lr 0 so every step sees the initial
+    weights: the epoch's mean loss and the gradients its last step left in ``.grad``."""
+    teacher, student, batches = pair
     cfg = config_from_dict(apply_overrides({}, list(overrides)))
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
     setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
-    metrics = train_epoch(task, setup.optimizer, [(x, y)], torch.device("cpu"), setup.channels_last, autocast,
+    for group in setup.optimizer.param_groups:
+        group["lr"] = 0.0
+    metrics = train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, autocast,
                           overlap)
     return metrics["train/loss"], {k: p.grad for k, p in task.network.named_parameters()}
 
@@ -84,10 +93,24 @@ FP32_PATHS = {
 def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, path, overlap):
     ref_loss, ref_grads = reference_gradients(pair)
     loss, grads = project_gradients(pair, *FP32_PATHS[path], overlap=overlap)
-    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_teacher_ahead_prepares_later_batches_on_its_own_thread_and_restores_threads(pair):
+    teacher, student, batches = pair
+    cfg = Config()
+    task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
+    setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
+    threads, prepare = torch.get_num_threads(), task.prepare
+    where: list[str] = []
+    task.prepare = lambda x, y: where.append(threading.current_thread().name) or prepare(x, y)
+    train_epoch(task, setup.optimizer, batches, torch.device("cpu"), overlap_threads=(1, 1))
+    assert where[0] == threading.main_thread().name  # nothing to overlap the first one with
+    assert all(name.startswith("teacher-ahead") for name in where[1:]) and len(where) == len(batches)
+    assert torch.get_num_threads() == threads
 
 
 def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair):
@@ -96,7 +119,7 @@ def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(
     small differences of near-equal distributions, move by up to ~35 % each at initialisation."""
     ref_loss, ref_grads = reference_gradients(pair)
     loss, grads = project_gradients(pair, autocast=torch.bfloat16)
-    assert loss == pytest.approx(float(ref_loss), rel=5e-2)
+    assert loss == pytest.approx(ref_loss, rel=5e-2)
     for name, grad in grads.items():
         ref = ref_grads[name]
         assert F.cosine_similarity(grad.flatten().float(), ref.flatten(), dim=0) > 0.95, name
@@ -219,7 +242,7 @@ def test_teacher_overlaps_when_balanced_and_not_when_one_side_dominates():
 
 
 def test_teacher_split_counts_the_pair_without_touching_bn_statistics(pair):
-    teacher, student, _, _ = pair
+    teacher, student, _ = pair
     student = copy.deepcopy(student).train()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     assert teacher_split(teacher, student, SIZE, 2) in (None, (1, 1))

@@ -37,8 +37,8 @@ def _prepared_ahead(task: Task, batches: Iterable, device: torch.device, channel
                     autocast_dtype: torch.dtype | None, threads: tuple[int, int]) -> Iterator[tuple]:
     """Yields ``(x, y, task.prepare(x, y))`` with the next batch's ``prepare`` already running on a second thread,
     so a frozen teacher's forward overlaps the student's step. ``threads``: (that thread's, this thread's) intra-op
-    threads, restored to the previous count at the end."""
-    previous = torch.get_num_threads()
+    threads. The first ``prepare`` and the last step, which have nothing to overlap with, run here on all threads."""
+    total = torch.get_num_threads()
 
     def init_worker() -> None:
         torch.get_num_threads()  # torch's per-thread lazy init first, so it cannot undo the next line later
@@ -49,20 +49,23 @@ def _prepared_ahead(task: Task, batches: Iterable, device: torch.device, channel
             return task.prepare(x, y)  # autocast state is per thread: entered here again
 
     pool = ThreadPoolExecutor(1, initializer=init_worker, thread_name_prefix="teacher-ahead")
-    torch.set_num_threads(threads[1])
     try:
-        pending = None
+        current = None
         for batch in batches:
             x, y = to_device(*batch, device, channels_last)
-            submitted = (x, y, pool.submit(prepare, x, y))
-            if pending is not None:
-                yield pending[0], pending[1], pending[2].result()
-            pending = submitted
-        if pending is not None:
-            yield pending[0], pending[1], pending[2].result()
+            if current is None:  # the first batch: nothing to overlap with yet
+                current = (x, y, prepare(x, y))
+                continue
+            ahead = pool.submit(prepare, x, y)
+            torch.set_num_threads(threads[1])
+            yield current
+            current = (x, y, ahead.result())
+        torch.set_num_threads(total)
+        if current is not None:
+            yield current
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(previous)
+        torch.set_num_threads(total)
 
 
 def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable, device: torch.device,

@@ -119,7 +119,8 @@ def plot_trial_curves(result_grid, metric: str, path: Path) -> Path:
     for result in result_grid:
         df = result.metrics_dataframe
         if df is not None and metric in df and "epoch" in df:
-            ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=Path(result.path).name[-12:])
+            label = (result.metrics or {}).get("trial_id") or Path(result.path).name
+            ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
