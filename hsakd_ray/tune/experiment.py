@@ -126,10 +126,10 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
                              "tune.num_samples": space.tune.num_samples, "tune.metric": metric})
     print(f"MLflow parent run {parent} (experiment {space.base.tracking.experiment!r}, {uri})", flush=True)
 
-    logger = MLflowTrialLogger(uri, experiment_id, parent, space)
+    train_storage = str(Path(storage) / f"{space.name}-trials")
+    logger = MLflowTrialLogger(uri, experiment_id, parent, space, train_storage)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, teacher_files=teacher_files,
-                             train_storage=str(Path(storage) / f"{space.name}-trials")),
+        tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage),
         trial_resources(space))
     run_config = tune.RunConfig(name=space.name, storage_path=storage, callbacks=[logger],
                                 failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))

@@ -14,6 +14,7 @@ from ray.tune import Callback
 
 from ..config import config_to_dict, flatten
 from ..tracking import runs as R
+from ..tracking.epoch_logger import backfill_epochs
 from .space import SearchSpace, trial_config
 
 TRIAL_TAG = "hsakd.trial_id"
@@ -21,9 +22,10 @@ NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip"}  
 
 
 class MLflowTrialLogger(Callback):
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: SearchSpace) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: SearchSpace,
+                 train_storage: str) -> None:
         self.tracking_uri, self.experiment_id, self.parent = tracking_uri, experiment_id, parent_run_id
-        self.space = space
+        self.space, self.train_storage = space, train_storage
         self.run_ids: dict[str, str] = {}
         self.logged: dict[str, set[int]] = {}
         self.last_epoch: dict[str, int] = {}
@@ -44,6 +46,9 @@ class MLflowTrialLogger(Callback):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            train_run = Path(self.train_storage) / trial.trial_id
+            if train_run.is_dir():  # epochs its checkpoint made durable while the driver was down
+                backfill_epochs(self.client, run_id, str(train_run))
         else:
             run_id = self._create(trial)
         self.run_ids[trial.trial_id] = run_id
