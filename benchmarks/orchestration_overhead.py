@@ -121,7 +121,7 @@ def tune_first_report(cfg: Config, storage: Path) -> dict:
 
     tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0.05}), param_space={"cfg": cfg_dict},
                        tune_config=tune.TuneConfig(num_samples=1),
-                       run_config=tune.RunConfig(name="startup", storage_path=str(storage / "tune")))
+                       run_config=tune.RunConfig(name="startup", storage_path=str(storage / "tune"), verbose=0))
     start = time.time()
     tuner.fit()
     end = time.time()

@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--no-bf16", action="store_true", help="train.bf16=false (CUDA only)")
     f.add_argument("--compile", action="store_true", help="train.compile=true (warm-up includes compiling)")
     f.add_argument("--cpu-bf16", action="store_true",
-                   help="experiment: bf16 autocast on CPU too (no config key; lower precision than the reference)")
+                   help="train.cpu_bf16=true: bf16 autocast on CPU (off by default; lower precision than fp32)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.repeats, args.warmup = 8, 1, 1, 1
@@ -120,6 +120,7 @@ def project_config(args: argparse.Namespace) -> Config:
     t.channels_last, t.inference_mode = not args.no_channels_last, not args.no_inference_mode
     t.teacher_overlap, t.fused_optimizer = not args.no_overlap, not args.no_fused_sgd
     t.device_data, t.bf16, t.compile = not args.no_device_data, not args.no_bf16, args.compile
+    t.cpu_bf16 = args.cpu_bf16
     return cfg
 
 
@@ -136,8 +137,6 @@ def main(argv: list[str] | None = None) -> float:
     reference = ReferenceStep(copy.deepcopy(teacher), copy.deepcopy(student), cfg, device)
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
     setup = setup_step(task, cfg, device, args.image_size)
-    if args.cpu_bf16:
-        setup.autocast = torch.bfloat16
 
     generator = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.image_size, args.image_size)

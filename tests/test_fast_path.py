@@ -68,7 +68,7 @@ def reference_gradients(pair) -> tuple[float, dict[str, torch.Tensor]]:
     return sum(losses) / len(losses), {k: p.grad for k, p in student.named_parameters()}
 
 
-def project_gradients(pair, *overrides: str, overlap=None, autocast=None) -> tuple[float, dict[str, torch.Tensor]]:
+def project_gradients(pair, *overrides: str, overlap=None) -> tuple[float, dict[str, torch.Tensor]]:
     """``train_epoch`` over the batches with the task set up as a job does, at lr 0 so every step sees the initial
     weights: the epoch's mean loss and the gradients its last step left in ``.grad``."""
     teacher, student, batches = pair
@@ -77,7 +77,7 @@ def project_gradients(pair, *overrides: str, overlap=None, autocast=None) -> tup
     setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
     for group in setup.optimizer.param_groups:
         group["lr"] = 0.0
-    metrics = train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, autocast,
+    metrics = train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, setup.autocast,
                           overlap)
     return metrics["train/loss"], {k: p.grad for k, p in task.network.named_parameters()}
 
@@ -99,26 +99,35 @@ def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, pat
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_teacher_ahead_prepares_later_batches_on_its_own_thread_and_restores_threads(pair):
+def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_autocast(pair):
     teacher, student, batches = pair
-    cfg = Config()
+    cfg = config_from_dict({"train": {"cpu_bf16": True}})
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
     setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
     threads, prepare = torch.get_num_threads(), task.prepare
-    where: list[str] = []
-    task.prepare = lambda x, y: where.append(threading.current_thread().name) or prepare(x, y)
-    train_epoch(task, setup.optimizer, batches, torch.device("cpu"), overlap_threads=(1, 1))
-    assert where[0] == threading.main_thread().name  # nothing to overlap the first one with
-    assert all(name.startswith("teacher-ahead") for name in where[1:]) and len(where) == len(batches)
+    seen: list[tuple[str, torch.dtype]] = []
+
+    def recording_prepare(x, y):
+        out = prepare(x, y)
+        seen.append((threading.current_thread().name, out[1].dtype))
+        return out
+
+    task.prepare = recording_prepare
+    train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, setup.autocast, (1, 1))
+    names = [name for name, _ in seen]
+    assert names[0] == threading.main_thread().name  # nothing to overlap the first one with
+    assert all(name.startswith("teacher-ahead") for name in names[1:]) and len(names) == len(batches)
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
     assert torch.get_num_threads() == threads
 
 
-def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair):
-    """bf16 (CPU autocast here; the CUDA path is the same code): total loss within 5 %, every gradient tensor
+@pytest.mark.parametrize("overlap", [None, (1, 1)], ids=["in-turn", "teacher-ahead"])
+def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair, overlap):
+    """bf16 (``train.cpu_bf16`` here; CUDA's ``train.bf16`` is the same code): total loss within 5 %, every gradient
     pointing the same way (cosine > 0.95) with a norm within 10 %. A bf16 mantissa has 8 bits, and the KL terms,
     small differences of near-equal distributions, move by up to ~35 % each at initialisation."""
     ref_loss, ref_grads = reference_gradients(pair)
-    loss, grads = project_gradients(pair, autocast=torch.bfloat16)
+    loss, grads = project_gradients(pair, "train.cpu_bf16=true", overlap=overlap)
     assert loss == pytest.approx(ref_loss, rel=5e-2)
     for name, grad in grads.items():
         ref = ref_grads[name]

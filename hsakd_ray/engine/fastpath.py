@@ -1,9 +1,11 @@
 """CPU thread settings of the fast path: threads per worker, and whether the frozen teacher runs on its own threads.
 
 On a CPU the teacher's forward (it needs no gradients) can run for the next batch while the student trains on this
-one, each on its share of the worker's cores (``train.teacher_overlap``). Single-threaded kernels run closer to
-peak than the same kernels split across threads, so the overlap wins when the two sides are balanced; when one side
-dominates, intra-op threads on the whole step win. ``overlap_threads`` decides from the two sides' FLOPs.
+one, each on its share of the worker's cores (``train.teacher_overlap``). Two independent thread teams need no
+barrier per op across the whole worker: on a quiet machine that is worth a few percent, on a shared one (a core
+taken away stalls every op of a multi-threaded team) it is the difference between 1x and 2x. When one side
+dominates, the other would idle, and intra-op threads on the whole step win: ``overlap_threads`` decides from the
+two sides' FLOPs.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-# Assumed speed-up per thread of intra-op parallelism in a whole training step (synchronisation per op and
-# less-parallel small ops); the overlap must beat this to be chosen.
+# Speed-up per thread credited to intra-op parallelism when deciding: the overlap is chosen while the busier side
+# needs less than 1 / 0.85 of the balanced share, i.e. the pair is balanced to within ~18 %.
 INTRA_OP_EFFICIENCY = 0.85
 
 

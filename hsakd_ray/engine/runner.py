@@ -144,7 +144,7 @@ class StepSetup:
 
 def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -> StepSetup:
     """Move the task's networks to ``device`` and apply the fast path of ``cfg.train``: memory format, CPU threads,
-    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast on CUDA."""
+    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast (CUDA; CPU only when asked)."""
     fast = cfg.train
     teacher = getattr(task, "teacher", None)
     networks = [m for m in [*task.trainable_modules(), teacher] if m is not None]
@@ -159,7 +159,8 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -
             module.compile()
     params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
-    autocast = torch.bfloat16 if fast.bf16 and device.type == "cuda" else None
+    bf16 = fast.bf16 if device.type == "cuda" else fast.cpu_bf16 and device.type == "cpu"
+    autocast = torch.bfloat16 if bf16 else None
     return StepSetup(optimizer, fast.channels_last, autocast, overlap)
 
 
