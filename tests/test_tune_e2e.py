@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import marked_processes, start_cli, wait_for_no_processes
+from conftest import marked_processes, server_pids, start_cli, wait_for_no_processes
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def test_quickstart_end_to_end(tmp_path):
     with open(results / "trials.csv") as f:
         assert len(list(csv.DictReader(f))) == len(children)
     assert "Top trials by val/top1" in log and "best config:" in log
-    assert not wait_for_no_processes(), "the experiment left processes behind"
+    assert not wait_for_no_processes(exclude=server_pids()), "the experiment left processes behind"
 
 
 def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
@@ -132,7 +132,7 @@ def test_resume_after_killed_driver(tmp_path):
                                if t.info.status == "FINISHED"}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started, without warning
     proc.wait()
-    wait_for_no_processes(timeout=30)
+    wait_for_no_processes(exclude=server_pids(), timeout=30)
 
     exp_path = tmp_path / "ray_results" / "resume"
     resumed = start_cli("tune", str(space), "--resume", str(exp_path), cwd=tmp_path, log=tmp_path / "log2.txt")
@@ -152,7 +152,7 @@ def test_resume_after_killed_driver(tmp_path):
         trial_id = child.data.tags["hsakd.trial_id"]
         if trial_id in finished_before:  # a finished trial is not run again
             assert child.info.end_time == finished_before[trial_id]
-    assert not wait_for_no_processes(), "processes left behind"
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 
 def test_resources_the_cluster_can_never_give_are_refused(tmp_path):
@@ -167,4 +167,4 @@ def test_resources_the_cluster_can_never_give_are_refused(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert "tune.resources: a trial needs 8 CPUs" in last and "Traceback" not in done.stderr
     assert not (tmp_path / "ray_results" / "resume").exists()
-    assert not wait_for_no_processes(), "processes left behind"
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
