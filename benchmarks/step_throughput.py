@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--no-channels-last", action="store_true", help="train.channels_last=false")
     f.add_argument("--no-inference-mode", action="store_true", help="train.inference_mode=false (no_grad)")
     f.add_argument("--no-overlap", action="store_true", help="train.teacher_overlap=false")
+    f.add_argument("--cpu-chunk-rows", type=int, default=None,
+                   help="train.cpu_chunk_rows: teacher forward rows per chunk on CPU (0: whole batch)")
     f.add_argument("--no-fused-sgd", action="store_true", help="train.fused_optimizer=false")
     f.add_argument("--no-device-data", action="store_true",
                    help="hand the project host batches, as a DataLoader would (no effect on CPU)")
@@ -121,6 +123,8 @@ def project_config(args: argparse.Namespace) -> Config:
     t.teacher_overlap, t.fused_optimizer = not args.no_overlap, not args.no_fused_sgd
     t.device_data, t.bf16, t.compile = not args.no_device_data, not args.no_bf16, args.compile
     t.cpu_bf16 = args.cpu_bf16
+    if args.cpu_chunk_rows is not None:
+        t.cpu_chunk_rows = args.cpu_chunk_rows
     return cfg
 
 
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> float:
           f"batch {args.batch} ({4 * args.batch} rows), {args.steps} steps x {args.repeats} repetitions, "
           f"{args.warmup} warm-up")
     print(f"project: channels_last={setup.channels_last} inference_mode={cfg.train.inference_mode} "
-          f"overlap={setup.overlap} fused_sgd={cfg.train.fused_optimizer} autocast={setup.autocast} "
+          f"overlap={setup.overlap} chunk_rows={setup.chunk_rows} fused_sgd={cfg.train.fused_optimizer} "
+          f"autocast={setup.autocast} "
           f"compile={cfg.train.compile} device_data={not args.no_device_data}")
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
 

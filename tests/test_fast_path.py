@@ -18,7 +18,7 @@ from hsakd_ray.data.transforms import RandomCropFlip, Transformed
 from hsakd_ray.distill import rotate_batch
 from hsakd_ray.engine.batches import DeviceBatches, sampler_order
 from hsakd_ray.engine.fastpath import overlap_threads, teacher_split
-from hsakd_ray.engine.loop import train_epoch
+from hsakd_ray.engine.loop import evaluate, train_epoch
 from hsakd_ray.engine.runner import Runtime, make_batches, setup_step
 from hsakd_ray.engine.tasks import DistillTask
 from hsakd_ray.models import build_model
@@ -85,6 +85,7 @@ def project_gradients(pair, *overrides: str, overlap=None) -> tuple[float, dict[
 FP32_PATHS = {
     "plain": ["train.channels_last=false", "train.inference_mode=false", "train.fused_optimizer=false"],
     "default": [],
+    "teacher-in-chunks": ["train.cpu_chunk_rows=3"],  # 16 rotated rows: chunks of 3, 3, 3, 3, 3, 1
 }
 
 
@@ -97,6 +98,12 @@ def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, pat
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_evaluation_in_chunks_counts_the_same(pair):
+    teacher, _, batches = pair
+    whole = evaluate(teacher, batches, torch.device("cpu"))
+    assert evaluate(teacher, batches, torch.device("cpu"), chunk_rows=3) == whole
 
 
 def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_autocast(pair):

@@ -56,13 +56,22 @@ class RandomCropFlip:
         self.padding = padding
         self.flip = flip
         self.fill = fill
+        self._fill_tensors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def fill_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``fill`` as a (1, C, 1, 1) tensor, made once per dtype and device (a host-to-GPU copy per batch would
+        wait for the GPU)."""
+        key = (dtype, device)
+        if key not in self._fill_tensors:
+            self._fill_tensors[key] = torch.tensor(self.fill, dtype=dtype, device=device).view(1, -1, 1, 1)
+        return self._fill_tensors[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         single = x.dim() == 3
         batch = x.unsqueeze(0) if single else x
         b, c, h, w = batch.shape
         p = self.padding
-        fill = torch.tensor(self.fill, dtype=batch.dtype, device=batch.device).view(1, c, 1, 1)
+        fill = self.fill_tensor(batch.dtype, batch.device)
         padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
         padded[:, :, p:p + h, p:p + w] = batch
         top = torch.randint(0, 2 * p + 1, (b, 1), device=batch.device)

@@ -50,6 +50,18 @@ def forward_flops(net: nn.Module, image: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def forward_in_chunks(net: nn.Module, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``net(x)`` of an eval-mode HSAKD network, ``rows`` rows at a time (0: all at once), concatenated.
+
+    Rows are independent in eval mode, so the values are the same; on a CPU a chunk's activations stay in cache
+    between layers, which a whole 256-row batch of 32 px images does not (1.3x faster teacher forward measured).
+    """
+    if rows <= 0 or x.shape[0] <= rows:
+        return net(x)
+    outs = [net(part) for part in x.split(rows)]
+    return torch.cat([o[0] for o in outs]), [torch.cat(q) for q in zip(*(o[1] for o in outs), strict=True)]
+
+
 def overlap_threads(teacher_flops: float, student_flops: float, threads: int) -> tuple[int, int] | None:
     """(teacher threads, student threads) for running the teacher alongside the student, or None to run them in
     turn on all ``threads`` (one thread, or one side so heavy that the other would idle too long)."""

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from .. import distill as D
 from ..models import HSAKDNet
+from .fastpath import forward_in_chunks
 from .tasks import Task
 
 
@@ -109,8 +110,10 @@ def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable,
 
 @torch.inference_mode()
 def evaluate(net: HSAKDNet, batches: Iterable, device: torch.device, channels_last: bool = False,
-             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (HSAKD.md section 5)."""
+             autocast_dtype: torch.dtype | None = None, chunk_rows: int = 0) -> dict[str, float]:
+    """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (HSAKD.md section 5).
+
+    ``chunk_rows``: forward that many rows at a time (``forward_in_chunks``; 0: whole batches)."""
     was_training = net.training
     net.eval()
     sums: dict[str, torch.Tensor] = {}
@@ -119,10 +122,10 @@ def evaluate(net: HSAKDNet, batches: Iterable, device: torch.device, channels_la
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if net.aux_stages:
                 x_rot, joint = D.rotate_batch(x, y)
-                logits, aux = net(x_rot)
+                logits, aux = forward_in_chunks(net, x_rot, chunk_rows)
                 batch = D.eval_sums(logits[::4].float(), y, [q.float() for q in aux], joint)
             else:
-                batch = D.eval_sums(net(x)[0].float(), y)
+                batch = D.eval_sums(forward_in_chunks(net, x, chunk_rows)[0].float(), y)
         for k, v in batch.items():
             sums[k] = sums[k] + v if k in sums else v
     net.train(was_training)

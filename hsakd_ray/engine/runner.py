@@ -140,11 +140,12 @@ class StepSetup:
     channels_last: bool
     autocast: torch.dtype | None
     overlap: tuple[int, int] | None  # (teacher, student) intra-op threads when the teacher runs a batch ahead
+    chunk_rows: int                  # rows per eval-mode forward (0: whole batches)
 
 
 def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -> StepSetup:
     """Move the task's networks to ``device`` and apply the fast path of ``cfg.train``: memory format, CPU threads,
-    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast (CUDA; CPU only when asked)."""
+    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast (CUDA; CPU only when asked), CPU forward chunks."""
     fast = cfg.train
     teacher = getattr(task, "teacher", None)
     networks = [m for m in [*task.trainable_modules(), teacher] if m is not None]
@@ -161,7 +162,8 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
     bf16 = fast.bf16 if device.type == "cuda" else fast.cpu_bf16 and device.type == "cpu"
     autocast = torch.bfloat16 if bf16 else None
-    return StepSetup(optimizer, fast.channels_last, autocast, overlap)
+    chunk_rows = fast.cpu_chunk_rows if device.type == "cpu" else 0
+    return StepSetup(optimizer, fast.channels_last, autocast, overlap, chunk_rows)
 
 
 def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
@@ -192,7 +194,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, setup.overlap)
         scheduler.step()
         for prefix, net in task.networks_to_evaluate().items():
-            for k, v in evaluate(net, eval_loader, rt.device, fast, autocast).items():
+            for k, v in evaluate(net, eval_loader, rt.device, fast, autocast, setup.chunk_rows).items():
                 metrics[f"{prefix}{data.eval_split}/{k}"] = v
         metrics.update(epoch=epoch, lr=lr)
 

@@ -15,6 +15,7 @@ from .. import distill as D
 from ..config import Config
 from ..models import HSAKDNet, build_model
 from .checkpoint import load_network, load_pretrained_backbone
+from .fastpath import forward_in_chunks
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -90,16 +91,17 @@ class DistillTask(Task):
 
     def __init__(self, student: HSAKDNet, teacher: HSAKDNet | None, cfg: Config) -> None:
         self.model, self.teacher, self.cfg = student, teacher, cfg.distill
-        self.inference_mode = cfg.train.inference_mode
+        self.inference_mode, self.cpu_chunk_rows = cfg.train.inference_mode, cfg.train.cpu_chunk_rows
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
     def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        rows = self.cpu_chunk_rows if x.device.type == "cpu" else 0
         if not self.inference_mode:
             with torch.no_grad():
-                return self.teacher(x)
+                return forward_in_chunks(self.teacher, x, rows)
         with torch.inference_mode():
-            logits, aux = self.teacher(x)
+            logits, aux = forward_in_chunks(self.teacher, x, rows)
         return logits.clone(), [q.clone() for q in aux]  # normal tensors, usable in autograd
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
