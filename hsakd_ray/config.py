@@ -100,6 +100,7 @@ class TrainConfig:
     bf16: bool = True                      # fast path on GPU: bf16 autocast (ignored on CPU)
     cpu_bf16: bool = False                 # bf16 autocast on CPU too: ~2x on AVX512-BF16 CPUs; off: fp32
     compile: bool = False                  # fast path: torch.compile the student and teacher
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     inference_mode: bool = True            # fast path: frozen teacher under torch.inference_mode (else no_grad)
     teacher_overlap: bool = True           # fast path on CPU: teacher's next batch on its own threads during the step
     cpu_chunk_rows: int = field(default=64, metadata=_range(0))  # fast path on CPU: teacher/eval forward in chunks

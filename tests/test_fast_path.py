@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import transforms as T
 
 from hsakd_ray.config import Config, apply_overrides, config_from_dict
 from hsakd_ray.data import TensorImageDataset, as_tensors, tensor_augmentation
@@ -23,7 +26,18 @@ from hsakd_ray.engine.runner import Runtime, make_batches, setup_step
 from hsakd_ray.engine.tasks import DistillTask
 from hsakd_ray.models import build_model
 
-CLASSES, SIZE, BATCH = 5, 16, 4
+CLASSES, SIZE, BATCH, PAD = 5, 16, 4, 2
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.fixture
+def strict_fp32():
+    """fp32 really fp32 on CUDA (cuDNN would otherwise use TF32 convolutions, 10-bit mantissas, in both steps)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def kl_t(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,29 +70,32 @@ def pair():
     return teacher, student, batches
 
 
-def reference_gradients(pair) -> tuple[float, dict[str, torch.Tensor]]:
+def reference_gradients(pair, device: str = "cpu") -> tuple[float, dict[str, torch.Tensor]]:
     """Mean loss over the batches, and the gradients of the last one, all at the initial weights."""
     teacher, student, batches = pair
     losses = []
     for x, y in batches:
-        student = copy.deepcopy(pair[1]).train()
-        loss = reference_loss(copy.deepcopy(teacher), student, x, y)
+        student = copy.deepcopy(pair[1]).to(device).train()
+        loss = reference_loss(copy.deepcopy(teacher).to(device), student, x.to(device), y.to(device))
         loss.backward()
         losses.append(float(loss.detach()))
     return sum(losses) / len(losses), {k: p.grad for k, p in student.named_parameters()}
 
 
-def project_gradients(pair, *overrides: str, overlap=None) -> tuple[float, dict[str, torch.Tensor]]:
+def project_gradients(pair, *overrides: str, overlap=None,
+                      device: str = "cpu") -> tuple[float, dict[str, torch.Tensor]]:
     """``train_epoch`` over the batches with the task set up as a job does, at lr 0 so every step sees the initial
-    weights: the epoch's mean loss and the gradients its last step left in ``.grad``."""
+    weights: the epoch's mean loss and the gradients its last step left in ``.grad``. The batches are handed over
+    on ``device`` (as ``DeviceBatches`` yields them)."""
     teacher, student, batches = pair
     cfg = config_from_dict(apply_overrides({}, list(overrides)))
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
-    setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
+    dev = torch.device(device)
+    setup = setup_step(task, cfg, dev, SIZE)
     for group in setup.optimizer.param_groups:
         group["lr"] = 0.0
-    metrics = train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, setup.autocast,
-                          overlap)
+    on_device = [(x.to(dev), y.to(dev)) for x, y in batches]
+    metrics = train_epoch(task, setup.optimizer, on_device, dev, setup.channels_last, setup.autocast, overlap)
     return metrics["train/loss"], {k: p.grad for k, p in task.network.named_parameters()}
 
 
@@ -98,6 +115,44 @@ def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, pat
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@CUDA
+@pytest.mark.parametrize("path", FP32_PATHS)
+def test_cuda_fast_path_in_fp32_matches_the_reference_step(pair, path, strict_fp32):
+    ref_loss, ref_grads = reference_gradients(pair, "cuda")
+    loss, grads = project_gradients(pair, "train.bf16=false", *FP32_PATHS[path], device="cuda")
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@CUDA
+def test_cuda_epoch_syncs_with_the_host_a_fixed_number_of_times_however_many_steps(pair):
+    """No ``.item()`` or other host sync per step: loss parts accumulate on the device, read once per epoch. Counted
+    with CUDA's sync debug mode over device-resident batches with device-side crop/flip, as a CIFAR job runs."""
+    teacher, student, _ = pair
+    cfg = config_from_dict({})
+    dev = torch.device("cuda")
+    task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
+    setup = setup_step(task, cfg, dev, SIZE)
+    images, labels = torch.randn(6 * BATCH, 3, SIZE, SIZE), torch.randint(0, CLASSES, (6 * BATCH,))
+    augment = RandomCropFlip(PAD, flip=True, fill=(0.0, 0.0, 0.0))
+
+    def syncs(steps: int) -> int:
+        batches = DeviceBatches(images[:steps * BATCH], labels[:steps * BATCH], BATCH, dev, augment=augment)
+        train_epoch(task, setup.optimizer, batches, dev, setup.channels_last, setup.autocast)  # warm-up
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_epoch(task, setup.optimizer, batches, dev, setup.channels_last, setup.autocast)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(6)
 
 
 def test_evaluation_in_chunks_counts_the_same(pair):
@@ -128,23 +183,31 @@ def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_
     assert torch.get_num_threads() == threads
 
 
-@pytest.mark.parametrize("overlap", [None, (1, 1)], ids=["in-turn", "teacher-ahead"])
-def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair, overlap):
-    """bf16 (``train.cpu_bf16`` here; CUDA's ``train.bf16`` is the same code): total loss within 5 %, every gradient
-    pointing the same way (cosine > 0.95) with a norm within 10 %. A bf16 mantissa has 8 bits, and the KL terms,
-    small differences of near-equal distributions, move by up to ~35 % each at initialisation."""
-    ref_loss, ref_grads = reference_gradients(pair)
-    loss, grads = project_gradients(pair, "train.cpu_bf16=true", overlap=overlap)
+BF16_PATHS = {
+    "cpu-in-turn": ("cpu", ["train.cpu_bf16=true"], None),
+    "cpu-teacher-ahead": ("cpu", ["train.cpu_bf16=true"], (1, 1)),
+    "cuda-default": ("cuda", [], None),  # train.bf16 is on by default
+}
+
+
+@pytest.mark.parametrize("path", [pytest.param(k, marks=CUDA) if v[0] == "cuda" else k for k, v in BF16_PATHS.items()])
+def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair, path, strict_fp32):
+    """bf16 (``train.cpu_bf16`` on CPU, ``train.bf16`` on CUDA): total loss within 5 %, every gradient pointing the
+    same way (cosine > 0.95) with a norm within 10 %. A bf16 mantissa has 8 bits, and the KL terms, small differences
+    of near-equal distributions, move by up to ~35 % each at initialisation."""
+    device, overrides, overlap = BF16_PATHS[path]
+    ref_loss, ref_grads = reference_gradients(pair, device)
+    loss, grads = project_gradients(pair, *overrides, overlap=overlap, device=device)
     assert loss == pytest.approx(ref_loss, rel=5e-2)
     for name, grad in grads.items():
         ref = ref_grads[name]
+        assert grad.dtype == torch.float32, name  # autocast computes in bf16; parameters and gradients stay fp32
         assert F.cosine_similarity(grad.flatten().float(), ref.flatten(), dim=0) > 0.95, name
         assert float(grad.norm()) == pytest.approx(float(ref.norm()), rel=1e-1), name
 
 
 # ---------------------------------------------------------------- device-side augmentation
 
-PAD = 2
 
 
 def coded_dataset(n: int) -> Transformed:
@@ -165,12 +228,14 @@ def offsets_and_flips(images: torch.Tensor) -> tuple[list[tuple[int, int]], list
     return list(zip(top.tolist(), left.tolist(), strict=True)), flipped.tolist()
 
 
-def test_device_augmentation_keeps_shape_and_pixel_values_and_varies_between_epochs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_augmentation_keeps_shape_and_pixel_values_and_varies_between_epochs(device):
     ds = coded_dataset(64)
-    batches = DeviceBatches(*as_tensors(ds), 16, torch.device("cpu"), augment=tensor_augmentation(ds), shuffle=False)
+    batches = DeviceBatches(*as_tensors(ds), 16, torch.device(device), augment=tensor_augmentation(ds),
+                            shuffle=False)
     first = torch.cat([x for x, _ in batches])
     second = torch.cat([x for x, _ in batches])
-    assert first.shape == (64, 3, SIZE, SIZE)
+    assert first.device.type == device and first.shape == (64, 3, SIZE, SIZE)
     allowed = set(range(SIZE * SIZE)) | {-1}
     assert set(first.unique().long().tolist()) <= allowed  # pixels of the image or the padding, nothing else
     assert not torch.equal(first, second)
@@ -179,17 +244,28 @@ def test_device_augmentation_keeps_shape_and_pixel_values_and_varies_between_epo
     assert torch.equal(x_rot[4 * 7 + 3], torch.rot90(first[7], 3, dims=(1, 2)))
 
 
-def test_device_crop_flip_draws_from_the_cpu_pipelines_distribution():
-    """Same flip rate (~0.5) and crop offsets spread evenly over all 2 * PAD + 1 positions on both paths."""
+def torchvision_crop_flip(n: int) -> torch.Tensor:
+    """The coded image through torchvision's PIL pipeline (``RandomCrop(padding)`` + ``RandomHorizontalFlip``), as the
+    DataLoader path of a disk dataset (CIFAR) applies it; codes 0..255 fit a uint8 image at SIZE 16."""
+    grid = torch.arange(SIZE * SIZE, dtype=torch.uint8).view(SIZE, SIZE)
+    image = Image.fromarray(grid.expand(3, SIZE, SIZE).permute(1, 2, 0).contiguous().numpy())
+    pipeline = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.PILToTensor()])
+    return torch.stack([pipeline(image) for _ in range(n)]).float()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_crop_flip_draws_from_the_cpu_pipelines_distribution(device):
+    """Same flip rate (~0.5) and crop offsets spread evenly over all 2 * PAD + 1 positions: batched on the device,
+    per item on the host, and torchvision's PIL pipeline."""
     torch.manual_seed(0)
     n = 3000
     ds = coded_dataset(n)
     cpu = torch.cat([x for x, _ in DataLoader(ds, batch_size=500)])  # per item, as the DataLoader path does
-    device = torch.cat([x for x, _ in DeviceBatches(*as_tensors(ds), 500, torch.device("cpu"),
-                                                     augment=tensor_augmentation(ds))])
+    on_device = torch.cat([x.cpu() for x, _ in DeviceBatches(*as_tensors(ds), 500, torch.device(device),
+                                                              augment=tensor_augmentation(ds))])
     positions = 2 * PAD + 1
     histograms = []
-    for images in (cpu, device):
+    for images in (cpu, on_device, torchvision_crop_flip(n)):
         offsets, flips = offsets_and_flips(images)
         assert abs(sum(flips) / n - 0.5) < 0.04
         tops, lefts = Counter(t for t, _ in offsets), Counter(left for _, left in offsets)
@@ -197,7 +273,8 @@ def test_device_crop_flip_draws_from_the_cpu_pipelines_distribution():
             assert sorted(counts) == list(range(positions))
             assert all(abs(c / n - 1 / positions) < 0.04 for c in counts.values())
         histograms.append([tops[i] / n for i in range(positions)] + [lefts[i] / n for i in range(positions)])
-    assert max(abs(a - b) for a, b in zip(*histograms, strict=True)) < 0.05
+    for other in histograms[1:]:
+        assert max(abs(a - b) for a, b in zip(histograms[0], other, strict=True)) < 0.05
 
 
 # ---------------------------------------------------------------- device-resident batches

@@ -157,7 +157,7 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -
         overlap = teacher_split(teacher, task.network, image_size, threads)
     if fast.compile:
         for module in networks:
-            module.compile()
+            module.compile(mode=fast.compile_mode)
     params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
     bf16 = fast.bf16 if device.type == "cuda" else fast.cpu_bf16 and device.type == "cpu"
