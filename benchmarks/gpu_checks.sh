@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # The fast path's GPU checks in one go, for a lent GPU machine with PyTorch but without this project's other
-# dependencies: the CUDA tests of tests/test_fast_path.py, then step_throughput.py with each feature switched off in
-# turn, then with torch.compile. Everything is logged to ${1:-gpu-checks}/log.
-#     bash benchmarks/gpu_checks.sh "$OUT"
+# dependencies: the CUDA tests of tests/test_fast_path.py, then step_throughput.py once per variant (flags as one
+# word each; default: every variant in README's Performance table). Everything is logged to OUT/log.
+#     bash benchmarks/gpu_checks.sh OUT                       # tests + all variants (~8 minutes on an H200)
+#     bash benchmarks/gpu_checks.sh OUT "" "--batch 128"      # tests + the listed variants only
 set -uo pipefail
 out=${1:-gpu-checks}
+shift || true
+variants=("$@")
+if [ ${#variants[@]} -eq 0 ]; then
+    variants=("" "--no-bf16" "--no-channels-last" "--no-device-data" "--no-fused-sgd" "--batch 128"
+              "--batch 128 --no-bf16" "--compile" "--compile --compile-mode reduce-overhead"
+              "--compile --compile-mode reduce-overhead --no-bf16" "--compile --compile-mode reduce-overhead --batch 128")
+fi
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-bench() {
-    echo "=== step_throughput.py $*"
-    timeout 240 python3 benchmarks/step_throughput.py --device cuda --steps 20 --repeats 5 --warmup 5 "$@" 2>&1 \
-        | grep -v "^ *[0-9]\+  " | grep -v Warning
-}
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
     timeout 300 python3 -m pytest tests/test_fast_path.py -q --noconftest -p no:cacheprovider -rs 2>&1 | tail -n 15
-    bench
-    bench --no-bf16
-    bench --no-channels-last
-    bench --no-device-data
-    bench --no-fused-sgd
-    bench --batch 128
-    bench --compile
-    bench --compile --compile-mode reduce-overhead
+    for flags in "${variants[@]}"; do
+        echo "=== step_throughput.py $flags"
+        # shellcheck disable=SC2086
+        timeout 240 python3 benchmarks/step_throughput.py --device cuda --steps 20 --repeats 5 --warmup 5 $flags 2>&1 \
+            | grep -v "^ *[0-9]\+  " | grep -v Warning
+    done
 } 2>&1 | tee "$out/log"

@@ -152,7 +152,8 @@ def test_cuda_epoch_syncs_with_the_host_a_fixed_number_of_times_however_many_ste
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
 
-    assert syncs(2) == syncs(6)
+    fewer = syncs(2)  # first: it also pays any one-time sync (seen once on an H200: 12 then 11)
+    assert syncs(8) <= fewer  # a sync per step would add at least 6
 
 
 def test_evaluation_in_chunks_counts_the_same(pair):
@@ -341,3 +342,25 @@ def test_teacher_split_counts_the_pair_without_touching_bn_statistics(pair):
     assert teacher_split(teacher, student, SIZE, 2) in (None, (1, 1))
     assert student.training
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+@CUDA
+def test_cuda_job_with_compiled_cuda_graphs_trains_like_the_eager_job(tmp_path):
+    """``train.compile`` with ``reduce-overhead`` (CUDA graphs) runs a whole distill job: train, evaluate, twice;
+    its losses are the eager job's to bf16 tolerance."""
+    from hsakd_ray.config import dump_config
+    from hsakd_ray.engine import run_job, write_checkpoint
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", CLASSES, "all")
+    meta = {"kind": "teacher", "arch": "resnet8", "num_classes": CLASSES, "aux_stages": list(teacher.aux_stages),
+            "epoch": 0, "metrics": {}, "dataset": "synthetic"}
+    ckpt = write_checkpoint(tmp_path / "teacher", model_state=teacher.state_dict(), meta=meta,
+                            config_yaml=dump_config(Config()))
+    common = ["train.device=cuda", "train.epochs=2", "teacher.arch=resnet8", f"teacher.checkpoint={ckpt}",
+              "student.arch=resnet8", f"train.output_dir={tmp_path}"]
+    eager = run_job(tiny_job(*common), "distill")
+    graphs = run_job(tiny_job(*common, "train.compile=true", "train.compile_mode=reduce-overhead"), "distill")
+    assert graphs.keys() == eager.keys()
+    assert graphs["train/loss"] == pytest.approx(eager["train/loss"], rel=5e-2)
+    assert 0.0 <= graphs["test/top1"] <= 100.0
