@@ -105,7 +105,7 @@ class TrainConfig:
     teacher_overlap: bool = True           # fast path on CPU: teacher's next batch on its own threads during the step
     cpu_chunk_rows: int = field(default=64, metadata=_range(0))  # fast path on CPU: teacher/eval forward in chunks
     threads: int | None = field(default=None, metadata=_range(1))  # CPU intra-op threads per worker; None: its CPUs
-    device_data: bool = True               # fast path: digits/synthetic held on the device, crop/flip done there
+    device_data: bool = True               # fast path: digits/synthetic/CIFAR held on the device, crop/flip there
     fused_optimizer: bool = True           # fast path: fused SGD kernel (CUDA, and CPU where torch has one)
 
 

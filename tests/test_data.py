@@ -26,7 +26,7 @@ from hsakd_ray.data import (
     stratified_split,
     tensor_augmentation,
 )
-from hsakd_ray.data.transforms import CIFAR10_STATS, CIFAR100_STATS, RandomCropFlip
+from hsakd_ray.data.transforms import CIFAR10_STATS, CIFAR100_STATS, RandomCropFlip, crop_flip_pipelines
 
 
 def digits(**overrides) -> DataConfig:
@@ -168,10 +168,32 @@ def test_random_crop_flip_keeps_shape_and_pads_with_black():
     assert torch.equal(RandomCropFlip(0, False, (0.0,) * 3)(batch + 1), batch + 1)
 
 
-def test_as_tensors_rejects_datasets_read_from_disk(cifar_root):
-    bundle = build_datasets(DataConfig(name="cifar10", root=str(cifar_root)))
+def test_as_tensors_rejects_datasets_read_per_item(cifar_root):
+    bundle = build_datasets(DataConfig(name="cifar10", root=str(cifar_root), image_size=24))  # resized: PIL items
     with pytest.raises(TypeError, match="in-memory"):
         as_tensors(bundle.train)
+
+
+def test_cifar_at_native_size_is_held_in_memory_with_the_pil_pipelines_values(cifar_root):
+    """ToTensor + Normalize done once for the whole set gives bit for bit what the PIL pipeline gives per item; the
+    crop pads with the normalised black pixel, as RandomCrop(padding=4) before Normalize does."""
+    bundle = build_datasets(DataConfig(name="cifar100", root=str(cifar_root), val_fraction=0.2))
+    train_images, train_labels = as_tensors(bundle.train)
+    eval_images, _ = as_tensors(bundle.eval)
+    assert train_images.shape == (len(bundle.train), 3, 32, 32) and eval_images.shape == (len(bundle.eval), 3, 32, 32)
+    assert len(bundle.train) + len(bundle.eval) == 300
+    with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    pil_eval = crop_flip_pipelines(32, 32, CIFAR100_STATS, augment=False)[1]
+    index = bundle.train.indices[5]
+    picture = Image.fromarray(raw["data"][index].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert torch.equal(train_images[5], pil_eval(picture)) and int(train_labels[5]) == raw["fine_labels"][index]
+    crop = tensor_augmentation(bundle.train)
+    assert isinstance(crop, RandomCropFlip) and (crop.padding, crop.flip) == (4, True)
+    black = pil_eval(Image.new("RGB", (32, 32)))[:, 0, 0]
+    assert torch.equal(torch.tensor(crop.fill), black)
+    assert tensor_augmentation(build_datasets(DataConfig(name="cifar100", root=str(cifar_root),
+                                                         augment=False)).train) is None
 
 
 # ---------------------------------------------------------------- CIFAR in the published pickle format

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 from torchvision.datasets.folder import default_loader
 
 from ..config import DataConfig
+from .memory import TensorImageDataset
 from .source import Source
 from .transforms import (
     CIFAR10_STATS,
@@ -22,7 +24,10 @@ from .transforms import (
     IMAGENET_STATS,
     STL10_STATS,
     TINYIMAGENET_STATS,
+    RandomCropFlip,
+    Stats,
     crop_flip_pipelines,
+    crop_padding,
     imagenet_pipelines,
 )
 
@@ -84,7 +89,21 @@ def cifar_source(cfg: DataConfig) -> Source:
     }[cfg.name]
     train, test = _torchvision_splits(cfg, stock, local, {"train": True}, {"train": False})
     size = cfg.image_size or 32
-    return Source(train, test, classes, size, stats, *crop_flip_pipelines(32, size, stats, cfg.augment))
+    if size != 32:  # resized: torchvision's PIL pipeline per item
+        return Source(train, test, classes, size, stats, *crop_flip_pipelines(32, size, stats, cfg.augment))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in stats)
+    black = ((0.0 - mean) / std).flatten().tolist()  # a zero pixel after Normalize: RandomCrop's padding
+    augment = RandomCropFlip(crop_padding(size), flip=True, fill=tuple(black)) if cfg.augment else None
+    return Source(cifar_in_memory(train, stats), cifar_in_memory(test, stats), classes, size, stats, augment, None)
+
+
+def cifar_in_memory(ds: CIFAR10, stats: Stats) -> TensorImageDataset:
+    """A CIFAR split as normalised tensors: ``ToTensor`` + ``Normalize`` done once for the whole set, bit for bit the
+    values the PIL pipeline gives per item, so training can hold it on the device and crop/flip there
+    (``train.device_data``). 50,000 images take 614 MB as float32."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in stats)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div(255)
+    return TensorImageDataset(images.sub(mean).div(std).contiguous(), torch.tensor(ds.targets, dtype=torch.long))
 
 
 def stl10_source(cfg: DataConfig) -> Source:

@@ -1,4 +1,5 @@
-"""In-memory datasets (digits, synthetic): item access without PIL, whole-set access for GPU-resident training."""
+"""In-memory datasets (digits, synthetic; CIFAR at 32 px comes from disk.py): item access without PIL, whole-set access
+for GPU-resident training."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,7 +45,8 @@ def as_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         return as_tensors(ds.base)
     if isinstance(ds, TensorImageDataset):
         return ds.images, ds.labels
-    raise TypeError(f"as_tensors needs an in-memory dataset (digits, synthetic), got {type(ds).__name__}")
+    raise TypeError(f"as_tensors needs an in-memory dataset (digits, synthetic, CIFAR at 32 px), "
+                    f"got {type(ds).__name__}")
 
 
 def tensor_augmentation(ds: Dataset) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -55,7 +57,8 @@ def tensor_augmentation(ds: Dataset) -> Callable[[torch.Tensor], torch.Tensor] |
     base = ds.base if isinstance(ds, Transformed) else ds
     if not isinstance(base, TensorImageDataset):
         name = type(base).__name__
-        raise TypeError(f"tensor_augmentation needs an in-memory dataset (digits, synthetic), got {name}")
+        raise TypeError(f"tensor_augmentation needs an in-memory dataset (digits, synthetic, CIFAR at 32 px), "
+                        f"got {name}")
     return transform
 
 
