@@ -164,7 +164,8 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 def teacher_metrics(heads: int = 3) -> set[str]:
     heads_acc = {f"test/head_{i}_{kind}_acc" for i in range(heads) for kind in ("ssl", "class")}
     losses = {"train/loss", "train/ce"} | {f"train/aux_ce_{i}" for i in range(heads)}
-    return losses | heads_acc | {"lr", "test/top1", "test/top5", "images_per_sec", "epoch_time"}
+    return losses | heads_acc | {"lr", "test/top1", "test/top5", "images_per_sec", "epoch_time",
+                                  "epoch_total_time"}
 
 
 def assert_job_run(client: MlflowClient, run_id: str, config: Path, kind: str, source: str, storage: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     train_loader, eval_loader = make_batches(data, cfg, rt)
     config_yaml = dump_config(cfg)
     metrics: dict = {}
+    cycle_start = time.perf_counter()
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -196,7 +198,10 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         for prefix, net in task.networks_to_evaluate().items():
             for k, v in evaluate(net, eval_loader, rt.device, fast, autocast, setup.chunk_rows).items():
                 metrics[f"{prefix}{data.eval_split}/{k}"] = v
-        metrics.update(epoch=epoch, lr=lr)
+        now = time.perf_counter()
+        # all-in seconds per epoch: training, evaluation, and the previous epoch's report and checkpoint
+        metrics.update(epoch=epoch, lr=lr, epoch_total_time=now - cycle_start)
+        cycle_start = now
 
         def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:  # noqa: B006
             states = task.state_dicts()

@@ -5,7 +5,8 @@ a checkpoint at or after it is persisted: epochs reported without a checkpoint (
 memory until the next checkpoint, because a worker failure before then re-runs them from the last checkpoint.
 Epochs already in MLflow (logged before a worker-group restart or before ``--resume``) are skipped. The metrics
 logged are rank 0's (``metrics[0]``; Train lists workers by world rank): losses and accuracies are already reduced
-over all workers, while ``epoch_time`` and ``images_per_sec`` are rank 0's wall clock over the global image count.
+over all workers, while ``epoch_time`` (the training loop), ``epoch_total_time`` (training, evaluation and the previous
+report) and ``images_per_sec`` are rank 0's wall clock over the global image count.
 
 Restarts are recorded on the run for the audit trail: tag ``hsakd.worker_failures`` counts worker-group failures
 seen by this controller, ``hsakd.resumed_at_epochs`` lists the epochs training continued at after a restart or

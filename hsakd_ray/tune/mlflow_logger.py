@@ -17,6 +17,8 @@ from ..tracking import runs as R
 from ..tracking.epoch_logger import backfill_epochs
 from .space import SearchSpace, trial_config
 
+EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
+
 TRIAL_TAG = "hsakd.trial_id"
 NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip"}  # result key -> run tag
 
@@ -80,7 +82,7 @@ class MLflowTrialLogger(Callback):
         self.last_epoch[trial.trial_id] = epoch
         if epoch in self.logged[trial.trial_id]:
             return
-        metrics = {k: v for k, v in result.items() if "/" in k or k in ("lr", "images_per_sec", "epoch_time")}
+        metrics = {k: v for k, v in result.items() if "/" in k or k in EPOCH_SCALARS}
         if self.space.tune.scheduler.type == "pbt":  # PBT mutates: the current values, as metrics
             metrics.update({f"hp/{k}": v for k, v in trial.config["params"].items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
