@@ -22,8 +22,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import psutil
 import torch
 from ray.train import UserCallback
 
@@ -97,18 +99,41 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+ROLES = [("RayTrainWorker", "train worker"), ("TrainController", "train controller"), ("raylet", "raylet"),
+         ("gcs_server", "gcs"), ("agent", "agents"), ("monitor", "monitors")]
+
+
+def ray_cpu_seconds() -> Counter:
+    """CPU seconds so far of the processes this driver's Ray started (all its descendants), by role."""
+    seconds: Counter = Counter()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline()) or proc.name()
+            cpu = proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = next((r for key, r in ROLES if key in title), "other Ray")
+        seconds[role] += cpu.user + cpu.system
+    return seconds
+
+
 def run_under_ray_train(cfg: Config, name: str, log: Path) -> dict:
-    """The same job as a 1-worker TorchTrainer; epoch times come from the reported metrics."""
+    """The same job as a 1-worker TorchTrainer; epoch times come from the reported metrics, and the CPU seconds each
+    kind of Ray process used meanwhile (processes that end during the run are missed: Ray keeps its workers)."""
     from hsakd_ray.train.trainer import build_trainer, read_checkpoint_files
 
     files = read_checkpoint_files(cfg.teacher.checkpoint)
     trainer = build_trainer(cfg, "distill", name, cfg.ray.storage_path, [ReportLog(log)], files)
+    before = ray_cpu_seconds()
     start = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - start
+    used = ray_cpu_seconds()
+    used.subtract(before)
     reports = read_log(log)
     return {"totals": [r["metrics"]["epoch_total_time"] for r in reports],
-            "epoch_times": [r["metrics"]["epoch_time"] for r in reports], "wall": wall}
+            "epoch_times": [r["metrics"]["epoch_time"] for r in reports], "wall": wall,
+            "cpu": {k: v for k, v in used.items() if v > 0}}
 
 
 def tune_first_report(cfg: Config, storage: Path) -> dict:
@@ -185,6 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
                 for name, x in (("in-process", local[-1]), ("Ray Train", remote[-1])):
                     print(f"round {r + 1} {name:10s}: epochs all-in {fmt(x['totals'])}  loop alone "
                           f"{fmt(x['epoch_times'])}  wall {x['wall']:.2f} s", flush=True)
+                cpu = remote[-1]["cpu"]
+                others = sum(v for k, v in cpu.items() if k != "train worker")
+                print(f"round {r + 1} CPU seconds of Ray's processes during fit(): " +
+                      ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])) +
+                      f"; all but the train worker: {others:.1f} s = "
+                      f"{100 * others / (remote[-1]['wall'] * threads):.1f} % of {threads} cores", flush=True)
             out = {
                 "epoch_in_process": statistics.median(steady(x["totals"]) for x in local),
                 "epoch_ray_train": statistics.median(steady(x["totals"]) for x in remote),
