@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import torch
 from ray.train import UserCallback
 
@@ -100,20 +99,37 @@ def read_log(path: Path) -> list[dict]:
 
 
 ROLES = [("RayTrainWorker", "train worker"), ("TrainController", "train controller"), ("raylet", "raylet"),
-         ("gcs_server", "gcs"), ("agent", "agents"), ("monitor", "monitors")]
+         ("gcs_server", "gcs"), ("agent", "agents"), ("monitor", "monitors"), ("default_worker", "idle workers")]
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, user + system CPU seconds), read from Linux's /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., utime, stime
+        out[int(entry.name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / tick)
+    return out
 
 
 def ray_cpu_seconds() -> Counter:
     """CPU seconds so far of the processes this driver's Ray started (all its descendants), by role."""
+    procs = _processes()
+    family, frontier = set(), {os.getpid()}
+    while frontier:
+        family |= frontier
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - family
     seconds: Counter = Counter()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            title = " ".join(proc.cmdline()) or proc.name()
-            cpu = proc.cpu_times()
-        except psutil.Error:
-            continue
-        role = next((r for key, r in ROLES if key in title), "other Ray")
-        seconds[role] += cpu.user + cpu.system
+    for pid in family - {os.getpid()}:
+        _, cmdline, cpu = procs[pid]
+        seconds[next((r for key, r in ROLES if key in cmdline), "other Ray")] += cpu
     return seconds
 
 
@@ -212,10 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{fmt(x['epoch_times'])}  wall {x['wall']:.2f} s", flush=True)
                 cpu = remote[-1]["cpu"]
                 others = sum(v for k, v in cpu.items() if k != "train worker")
-                print(f"round {r + 1} CPU seconds of Ray's processes during fit(): " +
+                print(f"round {r + 1} CPU seconds during fit() of Ray's processes alive before and after it (the Train "
+                      "worker and controller end with the run and are not counted): " +
                       ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])) +
-                      f"; all but the train worker: {others:.1f} s = "
-                      f"{100 * others / (remote[-1]['wall'] * threads):.1f} % of {threads} cores", flush=True)
+                      f"; {others:.1f} s = {100 * others / (remote[-1]['wall'] * threads):.1f} % of {threads} cores",
+                      flush=True)
             out = {
                 "epoch_in_process": statistics.median(steady(x["totals"]) for x in local),
                 "epoch_ray_train": statistics.median(steady(x["totals"]) for x in remote),

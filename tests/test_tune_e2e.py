@@ -168,3 +168,42 @@ def test_resources_the_cluster_can_never_give_are_refused(tmp_path):
     assert "tune.resources: a trial needs 8 CPUs" in last and "Traceback" not in done.stderr
     assert not (tmp_path / "ray_results" / "resume").exists()
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+
+def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp_path):
+    """PBT end to end: 2 trials side by side, one with a learning rate too small to learn in 4 epochs, a
+    perturbation after every epoch. The lagging trial restarts from the other's Train checkpoint with a perturbed
+    learning rate; each trial is still one MLflow child run with epochs 1..4 and no gaps, and the value in force each
+    epoch is logged as an hp/* metric."""
+    space = tiny_space(tmp_path, epochs=4)
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["tracking"]["experiment"] = "pbt"
+    raw["search"] = {"optim.lr": {"grid": [1.0e-5, 0.1]}}
+    # each trial is its driver (0.05 CPU) plus its worker: two side by side fit 2 CPUs only with workers under 1 CPU
+    raw["tune"] = {"name": "pbt", "max_concurrent_trials": 2, "search_alg": "grid",
+                   "resources": {"num_workers": 1, "cpus_per_worker": 0.5},
+                   "scheduler": {"type": "pbt", "perturbation_interval": 1,
+                                 "hyperparam_mutations": {"optim.lr": {"loguniform": [0.01, 0.2]}}}}
+    space.write_text(yaml.safe_dump(raw))
+    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_by_kind(client, "pbt")
+    assert runs["tune"][0].info.status == "FINISHED"
+    children = runs["trial"]
+    assert len(children) == 2 and len({c.data.tags["hsakd.trial_id"] for c in children}) == 2
+    rates = {}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
+        assert steps == [1, 2, 3, 4], steps
+        history = sorted(client.get_metric_history(child.info.run_id, "hp/optim.lr"), key=lambda m: m.step)
+        assert [m.step for m in history] == [1, 2, 3, 4]
+        rates[child.data.tags["hsakd.trial_id"]] = [m.value for m in history]
+        in_force = sorted(client.get_metric_history(child.info.run_id, "lr"), key=lambda m: m.step)
+        assert [m.value for m in in_force] == pytest.approx(rates[child.data.tags["hsakd.trial_id"]])  # constant lr
+    assert any(len(set(r)) > 1 for r in rates.values()), rates  # some trial's lr was replaced mid-run
+    restarts = list((tmp_path / "ray_results" / "pbt-trials").glob("*-from-*"))
+    assert restarts, "no Train run was started from a donor checkpoint"
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"

@@ -47,7 +47,9 @@ def _train_worker(config: dict, scratch: str) -> None:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
 
     resume_state = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # this run's own, after a worker-group restart or --resume
+    if checkpoint is None and config.get("start_from"):
+        checkpoint = ray.train.Checkpoint(config["start_from"])  # another run's: a PBT donor
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             resume_state = load_train_state(ckpt_dir)

@@ -83,8 +83,10 @@ class MLflowTrialLogger(Callback):
         if epoch in self.logged[trial.trial_id]:
             return
         metrics = {k: v for k, v in result.items() if "/" in k or k in EPOCH_SCALARS}
-        if self.space.tune.scheduler.type == "pbt":  # PBT mutates: the current values, as metrics
-            metrics.update({f"hp/{k}": v for k, v in trial.config["params"].items()
+        if self.space.tune.scheduler.type == "pbt":  # PBT mutates: the values this epoch ran with, as metrics
+            # the result's own config, not trial.config: PBT may already have mutated that on seeing this result
+            params = result.get("config", trial.config)["params"]
+            metrics.update({f"hp/{k}": v for k, v in params.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         R.log_epoch(self.client, run_id, epoch, metrics, int(time.time() * 1000))
         self.logged[trial.trial_id].add(epoch)

@@ -60,15 +60,12 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
     name = f"{ctx.get_trial_id()}"
     pbt = space.tune.scheduler.type == "pbt"
     donor = tune.get_checkpoint() if pbt else None
-    resume_from = None
-    if donor is not None:
-        resume_from = Checkpoint(donor.path)
-        name = f"{name}-from-{abs(hash(donor.path)) % 10**8}"
+    start_from = donor.path if donor is not None else None
+    if start_from is not None:
+        name = f"{name}-from-{abs(hash(start_from)) % 10**8}"
 
     def make_trainer(callbacks: list) -> Any:
-        trainer = build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files,
-                                resume_from_checkpoint=resume_from)
-        return trainer
+        return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from)
 
     if pbt:
         _fit_reporting_checkpoints(make_trainer)
