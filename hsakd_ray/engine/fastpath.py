@@ -50,6 +50,11 @@ def forward_flops(net: nn.Module, image: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def chunk_rows(cpu_chunk_rows: int, device: torch.device) -> int:
+    """Rows per eval-mode forward on ``device``: ``train.cpu_chunk_rows`` on CPU, whole batches (0) elsewhere."""
+    return cpu_chunk_rows if device.type == "cpu" else 0
+
+
 def forward_in_chunks(net: nn.Module, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``net(x)`` of an eval-mode HSAKD network, ``rows`` rows at a time (0: all at once), concatenated.
 

@@ -21,7 +21,7 @@ from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
 from .batches import DeviceBatches
 from .checkpoint import write_checkpoint
-from .fastpath import configure_threads, teacher_split
+from .fastpath import chunk_rows, configure_threads, teacher_split
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, build_scheduler
 from .tasks import Task, build_task
@@ -163,8 +163,7 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
     bf16 = fast.bf16 if device.type == "cuda" else fast.cpu_bf16 and device.type == "cpu"
     autocast = torch.bfloat16 if bf16 else None
-    chunk_rows = fast.cpu_chunk_rows if device.type == "cpu" else 0
-    return StepSetup(optimizer, fast.channels_last, autocast, overlap, chunk_rows)
+    return StepSetup(optimizer, fast.channels_last, autocast, overlap, chunk_rows(fast.cpu_chunk_rows, device))
 
 
 def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:

@@ -15,7 +15,7 @@ from .. import distill as D
 from ..config import Config
 from ..models import HSAKDNet, build_model
 from .checkpoint import load_network, load_pretrained_backbone
-from .fastpath import forward_in_chunks
+from .fastpath import chunk_rows, forward_in_chunks
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -96,7 +96,7 @@ class DistillTask(Task):
             teacher.eval().requires_grad_(False)
 
     def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        rows = self.cpu_chunk_rows if x.device.type == "cpu" else 0
+        rows = chunk_rows(self.cpu_chunk_rows, x.device)
         if not self.inference_mode:
             with torch.no_grad():
                 return forward_in_chunks(self.teacher, x, rows)
