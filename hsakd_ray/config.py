@@ -230,10 +230,21 @@ def _build(cls: type, raw: Any, prefix: str, base: Any = None) -> Any:
     return dataclasses.replace(base, **values)
 
 
-def config_from_dict(raw: dict) -> Config:
-    cfg = _build(Config, raw, "")
+def config_from_dict(raw: dict, base: Config | None = None) -> Config:
+    """``raw`` laid over ``base`` (default: the schema's defaults), validated."""
+    cfg = _build(Config, raw, "", base)
     validate(cfg)
     return cfg
+
+
+def job_defaults(kind: str | None) -> Config:
+    """What a job's YAML is laid over: the schema's defaults, or for a ``probe`` job the reference's linear-probe
+    protocol (``probe_protocol.py``)."""
+    if kind != "probe":
+        return Config()
+    from .probe_protocol import probe_defaults
+
+    return _build(Config, probe_defaults(), "")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -319,9 +330,10 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = (), kind: str | None = None) -> Config:
+    """The config of a ``kind`` job (teacher / distill / probe) from a YAML file and ``--set`` overrides."""
     raw = read_yaml(path) if path else {}
-    return config_from_dict(apply_overrides(raw, list(overrides)))
+    return config_from_dict(apply_overrides(raw, list(overrides)), job_defaults(kind))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

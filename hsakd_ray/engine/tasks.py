@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import distill as D
 from ..config import Config
-from ..models import HSAKDNet, build_model
+from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
 from .fastpath import chunk_rows, forward_in_chunks
 
@@ -166,12 +166,15 @@ class MutualTask(Task):
 
 
 def replace_classifier(net: HSAKDNet, num_classes: int) -> nn.Linear:
-    """Swap the backbone's final linear layer for a fresh one with ``num_classes`` outputs; returns it."""
+    """Swap the backbone's final linear layer for a fresh one with ``num_classes`` outputs, initialised as the
+    architecture initialises its own classifier (eval_rep.py builds a fresh model and loads all but its
+    classifier); returns it."""
     name = [n for n, m in net.backbone.named_modules() if isinstance(m, nn.Linear)][-1]
     parent_name, _, attr = name.rpartition(".")
     parent = net.backbone.get_submodule(parent_name) if parent_name else net.backbone
     old = getattr(parent, attr)
-    fc = nn.Linear(old.in_features, num_classes)
+    fc = build_backbone(net.arch, num_classes).get_submodule(name) if net.arch else nn.Linear(old.in_features,
+                                                                                              num_classes)
     setattr(parent, attr, fc)
     net.num_classes = num_classes
     return fc
