@@ -35,7 +35,7 @@ def run_name(cfg, kind: str) -> str:
 def cmd_job(args: argparse.Namespace) -> None:
     from .config import load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, kind=args.command)
     if args.local:
         from .engine import run_job
         from .engine.reporting import LocalReporter
@@ -75,6 +75,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{ckpt} ({net.arch}, {data.eval_split} split of {cfg.data.name}, {len(data.eval)} images)")
     for key, value in metrics.items():
         print(f"  {data.eval_split}/{key:<22}{value:8.2f}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .engine.importers import import_checkpoint
+
+    done = import_checkpoint(args.source, args.arch, args.out, kind=args.kind, num_classes=args.num_classes,
+                             force=args.force)
+    heads = f"heads at stages {done.aux_stages}" if done.aux_stages else "no heads"
+    use = "teacher.checkpoint" if done.aux_stages else "teacher.pretrained (mode: frozen) or student.checkpoint"
+    print(f"{done.path}: {done.arch}, {done.num_classes} classes, {heads}; {done.tensors} tensors of a {done.kind} "
+          f"file, every one mapped. Use it as {use}.")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -134,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--mlflow-port", type=int, help="up: port of the MLflow server on 127.0.0.1 (default: free)")
     cl.add_argument("--object-store-mb", type=int, default=300, help="up: object store size per node (MB)")
     cl.set_defaults(func=cmd_cluster)
+    im = sub.add_parser("import", help="convert published weights (the reference HSAKD code's teachers and "
+                        "backbones, torchvision ResNets) into a checkpoint folder")
+    im.add_argument("source", help="weights file: a reference .pth/.pth.tar ({'net': ...} or {'state_dict': ...}) "
+                    "or a torchvision state dict")
+    im.add_argument("--arch", required=True,
+                    help="architecture (hsakd-ray models), or the reference's name such as wrn_40_2_aux")
+    im.add_argument("--out", required=True, help="checkpoint folder to write (refused if it exists, unless --force)")
+    im.add_argument("--kind", choices=("auto", "teacher", "backbone", "torchvision"), default="auto",
+                    help="teacher: backbone + auxiliary heads; backbone: the network alone; torchvision: an ImageNet "
+                    "ResNet state dict; auto (default): told by the file's keys")
+    im.add_argument("--num-classes", type=int, help="expected classes (default: read from the classifier)")
+    im.add_argument("--force", action="store_true", help="replace --out if it exists")
+    im.set_defaults(func=cmd_import)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint directory on its dataset's test split")
     ev.add_argument("checkpoint")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -156,8 +156,9 @@ def load_network(path: str | Path, arch: str | None = None, aux_stages: str | Se
     return net
 
 
-def load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
-    """``module.load_state_dict(state)`` (strict), with a one-line CheckpointError when the weights do not fit."""
+def load_weights(module: torch.nn.Module, state: dict, source: str, assign: bool = False) -> None:
+    """``module.load_state_dict(state)`` (strict), with a one-line CheckpointError when the weights do not fit.
+    ``assign``: the module's tensors become ``state``'s (a module built on the meta device gets real weights)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source} holds {type(state).__name__}, not a state dict")
     expected = module.state_dict()
@@ -168,9 +169,19 @@ def load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
         found = [f"{len(v)} {name} (first: {v[0]})" for name, v in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if v]
         raise CheckpointError(f"{source} does not fit {type(module).__name__}: keys " + "; ".join(found))
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)
 
 
 def load_pretrained_backbone(net: HSAKDNet, path: str | Path) -> None:
-    """Initialise ``net``'s backbone from a weights file (a backbone / torchvision state dict)."""
-    load_weights(net.backbone, load_tensor_file(path), f"teacher.pretrained {str(path)!r} ({net.arch} backbone)")
+    """Initialise ``net``'s backbone from a weights file (a backbone / torchvision state dict) or from the backbone
+    of a checkpoint directory (e.g. one written by ``hsakd-ray import``)."""
+    source = f"teacher.pretrained {str(path)!r} ({net.arch} backbone)"
+    if not Path(path).is_dir():
+        load_weights(net.backbone, load_tensor_file(path), source)
+        return
+    meta = read_meta(path)
+    if meta["arch"] != net.arch:
+        raise CheckpointError(f"{source}: the checkpoint holds {meta['arch']!r}")
+    state = load_tensor_file(Path(path) / MODEL_FILE)
+    load_weights(net.backbone, {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")},
+                 source)
