@@ -83,9 +83,9 @@ def cmd_import(args: argparse.Namespace) -> None:
     done = import_checkpoint(args.source, args.arch, args.out, kind=args.kind, num_classes=args.num_classes,
                              force=args.force)
     heads = f"heads at stages {done.aux_stages}" if done.aux_stages else "no heads"
-    use = "teacher.checkpoint" if done.aux_stages else "teacher.pretrained (mode: frozen) or student.checkpoint"
+    use = "teacher.checkpoint" if done.aux_stages else "teacher.pretrained (mode: frozen)"
     print(f"{done.path}: {done.arch}, {done.num_classes} classes, {heads}; {done.tensors} tensors of a {done.kind} "
-          f"file, every one mapped. Use it as {use}.")
+          f"file, every one mapped. Use it as {use} or as a probe's student.checkpoint.")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
