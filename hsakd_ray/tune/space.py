@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ..config import (
     Config,
     ConfigError,
+    OptimConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -198,6 +200,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     _validate_search(search, config_to_dict(base), teacher_stages)
     tune = _spec_from(TuneSpec, raw.get("tune"), "tune")
     _validate_tune(tune, base, search)
+    check_early_stopping(tune.scheduler, base, search)
     return SearchSpace(path=path, base=base, teacher_ref=teacher_ref, teacher_config=teacher_cfg,
                        search=search, tune=tune)
 
@@ -229,6 +232,48 @@ def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         raise ConfigError("tune.resources.gpus_per_worker < 1 (fractional GPUs) works only with num_workers: 1 "
                           "(multi-worker NCCL on a shared GPU fails, Ray issue 48012)")
+
+
+SCHEDULE_KEYS = ("optim.schedule", "optim.milestones", "optim.warmup_epochs", "train.epochs")
+
+
+def earliest_rung(optim: OptimConfig, epochs: int) -> tuple[int, str]:
+    """The first epoch at which trials on this schedule may be compared, and why (docs/method.md, "Early stopping").
+
+    Epochs count from 1; epoch e trains with the lr of 0-based schedule step e - 1, so a decay at milestone m is
+    first used in epoch m + 1. Multistep: after the first lr decay inside the run. Cosine: once half of the annealing
+    span (after the warm-up) has been trained, where the lr reaches half its peak. Constant: after the warm-up.
+    """
+    after_warmup = optim.warmup_epochs + 1
+    if optim.schedule == "multistep":
+        decays = sorted(m for m in optim.milestones if m < epochs)
+        if decays:
+            return max(after_warmup, decays[0] + 1), f"after the first lr decay (optim.milestones {decays[0]})"
+    if optim.schedule == "cosine":
+        half = optim.warmup_epochs + math.ceil((epochs - optim.warmup_epochs) / 2)
+        return max(after_warmup, half), "once half of the cosine schedule has been trained"
+    return after_warmup, "after the lr warm-up"
+
+
+def check_early_stopping(scheduler: SchedulerSpec, base: Config, search: dict) -> None:
+    """ASHA compares trials at its rungs (grace_period * reduction_factor^k < max_t); the first rung must fall where
+    accuracy predicts the final result: ``grace_period >= earliest_rung`` for the base schedule and every searched
+    schedule value."""
+    if scheduler.type != "asha":
+        return
+    if not isinstance(scheduler.grace_period, int) or scheduler.grace_period < 1:
+        raise ConfigError(f"tune.scheduler.grace_period must be an integer >= 1, got {scheduler.grace_period!r}")
+    variants = [base]
+    raw = config_to_dict(base)
+    for key in SCHEDULE_KEYS:
+        if key in search:
+            variants += [config_from_dict(apply_params(raw, {key: v})) for v in distribution_values(search[key])]
+    for cfg in variants:
+        first, why = earliest_rung(cfg.optim, cfg.train.epochs)
+        if scheduler.grace_period < first:
+            raise ConfigError(
+                f"tune.scheduler.grace_period {scheduler.grace_period} puts an ASHA rung before epoch {first} of the "
+                f"{cfg.optim.schedule} schedule; allowed: grace_period >= {first} (a rung {why})")
 
 
 def trial_config(space: SearchSpace, params: dict[str, Any]) -> Config:
