@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import HSAKDNet, build_model, num_stages
+from ..models import HSAKDNet, PlacementError, build_model, student_head_stages
 
 MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.pt", "meta.json", "config.yaml", "train_state.pt"
 
@@ -128,11 +128,12 @@ def _remap_heads(state: dict, stored: Sequence[int], wanted: Sequence[int]) -> d
 
 
 def load_network(path: str | Path, arch: str | None = None, aux_stages: str | Sequence[int] | None = None,
-                 role: str = "teacher") -> HSAKDNet:
+                 role: str = "teacher", student_arch: str | None = None) -> HSAKDNet:
     """Build the network stored at ``path`` and load its weights.
 
-    ``arch`` must match the stored one; ``aux_stages`` (a subset of the stored heads) selects which heads to keep,
-    so a teacher trained with heads everywhere serves any student placement.
+    ``arch`` must match the stored one. ``aux_stages`` is the placement of the student this network serves (``all``
+    counts ``student_arch``'s stages; default: the stored arch): only the heads at those stages are kept, and they
+    must exist (``student_head_stages``), so a teacher trained with heads everywhere serves any student placement.
     """
     meta = read_meta(path)
     stored_arch, stored_stages = meta["arch"], list(meta["aux_stages"])
@@ -140,16 +141,14 @@ def load_network(path: str | Path, arch: str | None = None, aux_stages: str | Se
         raise CheckpointError(f"{role} checkpoint {str(path)!r} holds {stored_arch!r}, but {role}.arch is {arch!r}")
     if aux_stages is None:
         wanted = stored_stages
-    elif aux_stages == "all":
-        wanted = list(range(1, num_stages(stored_arch) + 1))
     else:
-        wanted = sorted(aux_stages)
-    missing = [s for s in wanted if s not in stored_stages]
-    if missing:
-        raise CheckpointError(
-            f"{role} checkpoint {str(path)!r} has heads at stages {stored_stages}; stages {missing} were asked for "
-            f"(a student placement must be a subset of the teacher's heads)"
-        )
+        try:
+            wanted = list(student_head_stages(student_arch or stored_arch, aux_stages, stored_stages))
+        except PlacementError as exc:
+            detail = (f"stages {exc.missing} were asked for (a student placement must be a subset of the teacher's "
+                      f"heads)" if exc.missing else str(exc))
+            raise CheckpointError(f"{role} checkpoint {str(path)!r} has heads at stages {stored_stages}; "
+                                  f"{detail}") from None
     net = build_model(stored_arch, meta["num_classes"], aux_stages=wanted)
     state = _remap_heads(load_tensor_file(Path(path) / MODEL_FILE), stored_stages, wanted)
     load_weights(net, state, f"{role} checkpoint {str(path)!r}")

@@ -223,7 +223,7 @@ def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
         if not cfg.teacher.checkpoint:
             raise ValueError(f"distill.method {method!r} needs teacher.checkpoint (a trained teacher)")
         teacher = load_network(cfg.teacher.checkpoint, cfg.teacher.arch,
-                               student.aux_stages if method == "hsakd" else [])
+                               student.aux_stages if method == "hsakd" else [], student_arch=s.arch)
         if teacher.num_classes != num_classes:
             raise ValueError(f"teacher checkpoint has {teacher.num_classes} classes, the data has {num_classes}")
     return DistillTask(student, teacher, cfg)

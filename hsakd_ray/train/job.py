@@ -71,7 +71,7 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
 
     # validate on the driver so a mismatch is one line before any worker starts
     stages = cfg.student.aux_stages if (kind == "distill" and cfg.distill.method == "hsakd") else []
-    load_network(local, getattr(cfg, field).arch, stages, role=field)
+    load_network(local, getattr(cfg, field).arch, stages, role=field, student_arch=cfg.student.arch)
     return read_checkpoint_files(local)
 
 

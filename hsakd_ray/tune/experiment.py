@@ -2,6 +2,7 @@
 parent run and one child run per trial, then write the results (table, CSV, best_config.yaml, plots)."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .mlflow_logger import MLflowTrialLogger
 from .searchers import build_scheduler, build_search_alg, param_space
-from .space import SearchSpace, distribution_values, final_config, load_space
+from .space import SearchSpace, check_placement, distribution_values, final_config, load_space
 from .trial import default_concurrency, run_trial, trial_resources
 
 
@@ -52,17 +53,13 @@ def _check_resources(space: SearchSpace) -> None:
 
 
 def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
-    """Every searched student placement must pair with heads the teacher has."""
+    """Every searched student placement must pair with heads the (resolved) teacher checkpoint has."""
     spec = space.search.get("student.aux_stages")
     candidates = distribution_values(spec) if spec else [space.base.student.aux_stages]
-    from ..models import num_stages
-
+    where = "search.student.aux_stages" if spec else "student.aux_stages"
     for stages in candidates:
-        wanted = list(range(1, num_stages(space.base.student.arch) + 1)) if stages == "all" else stages
-        missing = sorted(set(wanted) - set(teacher_stages))
-        if missing and space.base.distill.method == "hsakd":
-            raise ConfigError(f"search.student.aux_stages: placement {stages} needs teacher heads at {missing}; "
-                              f"the teacher has heads at {teacher_stages}")
+        cfg = dataclasses.replace(space.base, student=dataclasses.replace(space.base.student, aux_stages=stages))
+        check_placement(cfg, teacher_stages, where)
 
 
 def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ def apply_params(base: dict, params: dict[str, Any]) -> dict:
 
 
 def _validate_search(search: dict, base_raw: dict, teacher_stages: list[int] | None) -> None:
+    """Every key is a config key, every distribution well formed, every representative value fits the config, and
+    every student placement pairs with the teacher's heads (when the teacher is a config, before it trains)."""
     for key, spec in search.items():
         if not isinstance(key, str) or "." not in key:
             raise ConfigError(f"search key {key!r} must be a dotted config key such as distill.temperature")
@@ -140,17 +143,27 @@ def _validate_search(search: dict, base_raw: dict, teacher_stages: list[int] | N
                 cfg = config_from_dict(apply_params(base_raw, {key: value}))
             except ConfigError as exc:
                 raise ConfigError(f"search.{key}: value {value!r} does not fit the config: {exc}") from None
-            if key == "student.aux_stages" and teacher_stages is not None:
-                stages = value if value != "all" else list(range(1, 1 + len(teacher_stages)))
-                missing = sorted(set(stages) - set(teacher_stages))
-                if missing and cfg.distill.method == "hsakd":
-                    raise ConfigError(f"search.student.aux_stages: placement {value} needs teacher heads at "
-                                      f"stages {missing}, but the teacher has heads at {teacher_stages}")
+            if key == "student.aux_stages":
+                check_placement(cfg, teacher_stages, "search.student.aux_stages")
+    if "student.aux_stages" not in search:
+        check_placement(config_from_dict(base_raw), teacher_stages, "student.aux_stages")
+
+
+def check_placement(cfg: Config, teacher_stages: Sequence[int] | None, where: str) -> None:
+    """HSAKD pairs every student head with the teacher head at its stage: the one rule, ``student_head_stages``."""
+    from ..models import PlacementError, student_head_stages
+
+    if cfg.distill.method != "hsakd":
+        return
+    try:
+        student_head_stages(cfg.student.arch, cfg.student.aux_stages, teacher_stages)
+    except PlacementError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     """Parse and validate a search-space file (``--set`` overrides apply to the base config)."""
-    from ..models import num_stages
+    from ..models import num_stages, resolve_aux_stages
 
     path = Path(path)
     raw = read_yaml(path)
@@ -187,7 +200,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
                 t_raw[section] = merged
             teacher_cfg = config_from_dict(t_raw)
             t = teacher_cfg.teacher
-            teacher_stages = list(range(1, num_stages(t.arch) + 1)) if t.aux_stages == "all" else t.aux_stages
+            teacher_stages = list(resolve_aux_stages(t.aux_stages, num_stages(t.arch), t.arch))
     elif base.distill.method != "ce" or teacher is not None:
         raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
                           "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}")
