@@ -1,49 +1,123 @@
-"""The backbone protocol and the HSAKD auxiliary heads built from it.
+"""The backbone protocol, weight initialisation schemes, and the HSAKD auxiliary heads built from a backbone.
 
 Every backbone splits into S stages and can build a fresh copy of any of its stages, so auxiliary heads are
-made from the backbone's own blocks without per-architecture code (HSAKD.md section 2).
+made from the backbone's own blocks without per-architecture code (docs/method.md, "Networks").
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class InitScheme:
+    """How fresh weights are drawn, as the reference's models do per architecture.
+
+    ``conv``: "he" is He-normal with fan-out (std sqrt(2 / (k * k * out_channels))) and zero conv bias; "torch"
+    keeps PyTorch's default. ``linear_std``: N(0, std) linear weights, None keeps PyTorch's default.
+    ``linear_bias_zero``: zero linear bias, else PyTorch's default. BatchNorm is always weight 1, bias 0.
+    """
+
+    conv: Literal["he", "torch"] = "he"
+    linear_std: float | None = None
+    linear_bias_zero: bool = False
+
+    def apply(self, module: ModuleT) -> ModuleT:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d) and self.conv == "he":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                if self.linear_std is not None:
+                    nn.init.normal_(m.weight, 0.0, self.linear_std)
+                if self.linear_bias_zero:
+                    nn.init.zeros_(m.bias)
+        return module
+
+
+TORCH_DEFAULT = InitScheme(conv="torch")
+
 
 class Backbone(nn.Module):
-    """A classifier that exposes its stages.
+    """A classifier that exposes its stages: stem, stages 1..S, then pooling and a classifier (timm's shape).
 
-    Subclasses set ``stage_channels`` (output channels of each stage, in order), ``pre_activation`` (True when
-    stage outputs are not yet normalised, as in WRN, so heads add BN + ReLU before pooling) and implement
-    ``forward_stages``, ``forward_head`` and ``make_stage``.
+    A subclass sets ``stage_channels`` (output channels of each stage), implements ``build_stage`` (stage ``index``
+    as the network has it for 1..S, and for S + 1 one extra stage of the final width at stride 1; un-initialised),
+    and in ``__init__`` registers ``stem``, calls ``add_stages()``, registers ``classifier`` (and ``final_conv``
+    when its classifier starts with one), then ``init_weights()``. ``weight_init`` and ``head_init`` are the
+    reference's schemes for the backbone and for the auxiliary heads built from it.
     """
 
     stage_channels: tuple[int, ...] = ()
-    pre_activation: bool = False
+    pre_activation: bool = False            # stage outputs not yet normalised (WRN): heads add BN + ReLU
+    stage_attr: str | None = None           # None: stages in ``self.stages``; "layer": ``self.layer1..layerS``
+    weight_init: InitScheme = InitScheme()
+    head_init: InitScheme = InitScheme()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.final_conv: nn.Module | None = None  # applied to F_S before pooling (MobileNetV2, ShuffleNetV2)
 
     @property
     def num_stages(self) -> int:
         return len(self.stage_channels)
 
+    def build_stage(self, index: int) -> nn.Module:
+        """Stage ``index`` (1-based) freshly built; ``S + 1`` is the last stage again, fed its own width, stride 1."""
+        raise NotImplementedError
+
+    def add_stages(self) -> None:
+        """Build and register stages 1..S under the backbone's module names."""
+        built = [self.build_stage(i) for i in range(1, self.num_stages + 1)]
+        if self.stage_attr is None:
+            self.stages = nn.ModuleList(built)
+        else:
+            for index, stage in enumerate(built, 1):
+                setattr(self, f"{self.stage_attr}{index}", stage)
+
+    def stage(self, index: int) -> nn.Module:
+        """The backbone's stage ``index`` (1-based)."""
+        return self.stages[index - 1] if self.stage_attr is None else getattr(self, f"{self.stage_attr}{index}")
+
+    def init_weights(self) -> None:
+        """Draw every weight of the backbone by ``weight_init``."""
+        self.weight_init.apply(self)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem then every stage; returns the S stage outputs F_1 .. F_S."""
-        raise NotImplementedError
+        x = self.forward_stem(x)
+        features = []
+        for index in range(1, self.num_stages + 1):
+            x = self.stage(index)(x)
+            features.append(x)
+        return features
 
     def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
-        """Final pooling and classifier applied to F_S."""
-        raise NotImplementedError
+        """Final conv (if any), global average pooling and the classifier, applied to F_S."""
+        x = feature if self.final_conv is None else self.final_conv(feature)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
     def make_stage(self, index: int) -> nn.Module:
-        """A freshly initialised copy of stage ``index`` (1-based, 2..S).
-
-        ``index == S + 1`` asks for one extra stage of the final width at stride 1 (input and output width
-        ``stage_channels[-1]``), used by the head after the last stage.
-        """
-        raise NotImplementedError
+        """A copy of stage ``index`` (2..S + 1) for an auxiliary head, initialised by ``head_init``."""
+        if not 2 <= index <= self.num_stages + 1:
+            raise ValueError(f"make_stage index must be in 2..{self.num_stages + 1}, got {index}")
+        return self.head_init.apply(self.build_stage(index))
 
     def make_head_tail(self) -> nn.Module:
-        """What an auxiliary head applies after its stage copies, before pooling.
+        """What an auxiliary head applies after its stage copies, before pooling (un-initialised).
 
         Default: BN + ReLU for pre-activation backbones, nothing otherwise. A backbone whose classifier has a
         final conv after the last stage (MobileNetV2's 1x1 conv) returns a fresh copy of it here.
@@ -64,7 +138,8 @@ class Backbone(nn.Module):
 class AuxHead(nn.Module):
     """Maps F_l to 4N joint (class x rotation) logits.
 
-    Copies of stages l+1..S (or one extra stage after the last), the tail, pooling, a linear layer.
+    Copies of stages l+1..S (or one extra stage after the last), the tail, pooling, a linear layer, all drawn by
+    the backbone's ``head_init``.
     """
 
     def __init__(self, backbone: Backbone, stage: int, num_outputs: int) -> None:
@@ -72,8 +147,8 @@ class AuxHead(nn.Module):
         last = backbone.num_stages
         later = range(stage + 1, last + 1) if stage < last else [last + 1]
         self.blocks = nn.Sequential(*(backbone.make_stage(i) for i in later))
-        self.tail = backbone.make_head_tail()
-        self.fc = nn.Linear(backbone.head_channels, num_outputs)
+        self.tail = backbone.head_init.apply(backbone.make_head_tail())
+        self.fc = backbone.head_init.apply(nn.Linear(backbone.head_channels, num_outputs))
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         x = self.tail(self.blocks(feature))

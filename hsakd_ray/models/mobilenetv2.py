@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import Backbone
+from .base import Backbone, InitScheme
 from .registry import register_model
 
 # Per stage, its inverted-residual groups: (expansion, channels at width 1, blocks, stride of the first block).
@@ -24,27 +24,12 @@ _STEM_CHANNELS = 32
 _LAST_CHANNELS = 1280
 
 
-def init_mobilenet_weights(module: nn.Module) -> None:
-    """RepDistiller's MobileNetV2 initialisation: He-normal (fan-out) convs, unit BN, N(0, 0.01) linear layers."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
-
-
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Stride-1 conv (no bias) + BN + ReLU, initialised."""
-    block = nn.Sequential(
+    """Stride-1 conv (no bias) + BN + ReLU."""
+    return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
     )
-    init_mobilenet_weights(block)
-    return block
 
 
 class InvertedResidual(nn.Module):
@@ -76,13 +61,16 @@ def inverted_residual_stage(in_channels: int, settings: Sequence[tuple[int, int,
         for b in range(num_blocks):
             blocks.append(InvertedResidual(in_channels, out_channels, stride if b == 0 else 1, expansion))
             in_channels = out_channels
-    stage = nn.Sequential(*blocks)
-    init_mobilenet_weights(stage)
-    return stage
+    return nn.Sequential(*blocks)
 
 
 class MobileNetV2(Backbone):
-    """MobileNetV2 at ``width_mult``; auxiliary heads end with a fresh copy of the final 1x1 conv, as in HSAKD."""
+    """MobileNetV2 at ``width_mult``; auxiliary heads end with a fresh copy of the final 1x1 conv, as in HSAKD.
+
+    Weights as the reference's mobilenetv2.py, heads included: He-normal convs, N(0, 0.01) linear, zero biases.
+    """
+
+    weight_init = head_init = InitScheme(linear_std=0.01, linear_bias_zero=True)
 
     def __init__(self, num_classes: int, width_mult: float = 0.5) -> None:
         super().__init__()
@@ -91,33 +79,17 @@ class MobileNetV2(Backbone):
         self.stem_channels = int(_STEM_CHANNELS * width_mult)
         self.last_channels = _LAST_CHANNELS if width_mult <= 1.0 else int(_LAST_CHANNELS * width_mult)
         self.stem = conv_bn_relu(3, self.stem_channels, kernel_size=3)
-        self.stages = nn.ModuleList(self._build_stage(i) for i in range(1, self.num_stages + 1))
+        self.add_stages()
         self.final_conv = self.make_head_tail()
         self.classifier = nn.Linear(self.last_channels, num_classes)
-        init_mobilenet_weights(self.classifier)
+        self.init_weights()
 
-    def _build_stage(self, index: int) -> nn.Sequential:
-        """Stage ``index`` (1-based); ``S + 1`` is the last stage again, fed its own width, at stride 1."""
+    def build_stage(self, index: int) -> nn.Sequential:
         if index == self.num_stages + 1:
             return inverted_residual_stage(self.stage_channels[-1], _STAGE_GROUPS[-1], self.width_mult,
                                            first_stride=1)
         in_channels = self.stem_channels if index == 1 else self.stage_channels[index - 2]
         return inverted_residual_stage(in_channels, _STAGE_GROUPS[index - 1], self.width_mult)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_head(self, feature: Tensor) -> Tensor:
-        x = self.final_conv(feature)
-        return self.classifier(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
-
-    def make_stage(self, index: int) -> nn.Module:
-        return self._build_stage(index)
 
     def make_head_tail(self) -> nn.Module:
         return conv_bn_relu(self.stage_channels[-1], self.last_channels, kernel_size=1)
@@ -127,6 +99,6 @@ class MobileNetV2(Backbone):
         return self.last_channels
 
 
-@register_model("mobilenetv2")
+@register_model
 def mobilenetv2(num_classes: int) -> MobileNetV2:
     return MobileNetV2(num_classes, width_mult=0.5)

@@ -1,23 +1,25 @@
-"""Architecture registry: ``@register_model`` next to each backbone factory, ``build_model`` to make one."""
+"""Architecture registry: ``@register_model`` on each backbone factory (named after the function), ``build_model``
+to make one."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+
+import torch
 
 from .base import Backbone, HSAKDNet
 
-_REGISTRY: dict[str, Callable[[int], Backbone]] = {}
+Factory = Callable[[int], Backbone]
+_REGISTRY: dict[str, Factory] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[[int], Backbone]], Callable[[int], Backbone]]:
-    """Register ``factory(num_classes) -> Backbone`` under ``name``."""
-
-    def wrap(factory: Callable[[int], Backbone]) -> Callable[[int], Backbone]:
-        if name in _REGISTRY:
-            raise ValueError(f"architecture {name!r} registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+def register_model(factory: Factory) -> Factory:
+    """Register ``factory(num_classes) -> Backbone`` under the factory's own name."""
+    name = factory.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"architecture {name!r} registered twice")
+    _REGISTRY[name] = factory
+    return factory
 
 
 def list_architectures() -> list[str]:
@@ -35,5 +37,8 @@ def build_model(arch: str, num_classes: int, aux_stages: str | Sequence[int] = "
     return HSAKDNet(build_backbone(arch, num_classes), num_classes, aux_stages, arch=arch)
 
 
+@functools.cache
 def num_stages(arch: str) -> int:
-    return build_backbone(arch, 10).num_stages
+    """Stages of ``arch``, from a backbone built on the meta device (shapes only, no weights allocated)."""
+    with torch.device("meta"):
+        return build_backbone(arch, 10).num_stages

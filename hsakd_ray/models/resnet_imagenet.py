@@ -12,16 +12,16 @@ from .resnet_cifar import ResNet
 IMAGENET_WIDTHS = (64, 128, 256, 512)
 
 
-@register_model("resnet18_imagenet")
+@register_model
 def resnet18_imagenet(num_classes: int) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), IMAGENET_WIDTHS, 64, num_classes, imagenet_stem=True)
 
 
-@register_model("resnet34_imagenet")
+@register_model
 def resnet34_imagenet(num_classes: int) -> ResNet:
     return ResNet(BasicBlock, (3, 4, 6, 3), IMAGENET_WIDTHS, 64, num_classes, imagenet_stem=True)
 
 
-@register_model("resnet50_imagenet")
+@register_model
 def resnet50_imagenet(num_classes: int) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), IMAGENET_WIDTHS, 64, num_classes, imagenet_stem=True)

@@ -1,7 +1,7 @@
 """CIFAR ShuffleNetV1 (3 groups) and ShuffleNetV2 (1x), RepDistiller's definitions, 3 stages each.
 
-Both start with a 1x1 conv stem to 24 channels and halve the resolution at the start of every stage. Weights keep
-PyTorch's default initialisation, as in the reference code. For V2, whose classifier has a final 1x1 conv to
+Both start with a 1x1 conv stem to 24 channels and halve the resolution at the start of every stage. Weights are
+initialised as in the reference code (see each class). For V2, whose classifier has a final 1x1 conv to
 1024 channels, every auxiliary head ends with a fresh copy of that conv, as in winycg/HSAKD.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import Backbone
+from .base import TORCH_DEFAULT, Backbone, InitScheme
 from .registry import register_model
 
 _STEM_CHANNELS = 24
@@ -67,7 +67,14 @@ def shufflenet_v1_stage(in_channels: int, out_channels: int, num_units: int, gro
 
 
 class ShuffleNetV1(Backbone):
-    """ShuffleNetV1 with stages of widths ``stage_channels`` and ``units`` units, each starting at stride 2."""
+    """ShuffleNetV1 with stages of widths ``stage_channels`` and ``units`` units, each starting at stride 2.
+
+    The reference's ShuffleNetv1.py leaves the backbone at PyTorch's default initialisation; its auxiliary
+    classifier draws He-normal convs and zeroes the linear bias.
+    """
+
+    weight_init = TORCH_DEFAULT
+    head_init = InitScheme(linear_bias_zero=True)
 
     def __init__(self, num_classes: int, stage_channels: tuple[int, ...] = (240, 480, 960),
                  units: tuple[int, ...] = (4, 8, 4), groups: int = 3) -> None:
@@ -76,31 +83,17 @@ class ShuffleNetV1(Backbone):
         self.units = units
         self.groups = groups
         self.stem = conv_bn_relu_1x1(3, _STEM_CHANNELS)
-        self.stages = nn.ModuleList(self._build_stage(i) for i in range(1, self.num_stages + 1))
+        self.add_stages()
         self.classifier = nn.Linear(stage_channels[-1], num_classes)
+        self.init_weights()
 
-    def _build_stage(self, index: int) -> nn.Sequential:
-        """Stage ``index`` (1-based); ``S + 1`` is the last stage again, fed its own width, at stride 1."""
+    def build_stage(self, index: int) -> nn.Sequential:
         if index == self.num_stages + 1:
             width = self.stage_channels[-1]
             return shufflenet_v1_stage(width, width, self.units[-1], self.groups, stride=1)
         in_channels = _STEM_CHANNELS if index == 1 else self.stage_channels[index - 2]
         return shufflenet_v1_stage(in_channels, self.stage_channels[index - 1], self.units[index - 1], self.groups,
                                    stride=2, group_first_conv=index > 1)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_head(self, feature: Tensor) -> Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(feature, 1).flatten(1))
-
-    def make_stage(self, index: int) -> nn.Module:
-        return self._build_stage(index)
 
 
 class ShuffleV2Unit(nn.Module):
@@ -150,7 +143,10 @@ def shufflenet_v2_stage(in_channels: int, out_channels: int, num_units: int, str
 
 class ShuffleNetV2(Backbone):
     """ShuffleNetV2 with stages of widths ``stage_channels`` (each a down unit plus ``units`` units), then a 1x1
-    conv to ``last_channels`` before pooling."""
+    conv to ``last_channels`` before pooling. The reference's ShuffleNetv2.py initialises nothing: PyTorch's default
+    everywhere, heads included."""
+
+    weight_init = head_init = TORCH_DEFAULT
 
     def __init__(self, num_classes: int, stage_channels: tuple[int, ...] = (116, 232, 464),
                  units: tuple[int, ...] = (3, 7, 3), last_channels: int = 1024) -> None:
@@ -159,31 +155,17 @@ class ShuffleNetV2(Backbone):
         self.units = units
         self.last_channels = last_channels
         self.stem = conv_bn_relu_1x1(3, _STEM_CHANNELS)
-        self.stages = nn.ModuleList(self._build_stage(i) for i in range(1, self.num_stages + 1))
+        self.add_stages()
         self.final_conv = self.make_head_tail()
         self.classifier = nn.Linear(last_channels, num_classes)
+        self.init_weights()
 
-    def _build_stage(self, index: int) -> nn.Sequential:
-        """Stage ``index`` (1-based); ``S + 1`` is the last stage again, fed its own width, at stride 1."""
+    def build_stage(self, index: int) -> nn.Sequential:
         if index == self.num_stages + 1:
             width = self.stage_channels[-1]
             return shufflenet_v2_stage(width, width, self.units[-1], stride=1)
         in_channels = _STEM_CHANNELS if index == 1 else self.stage_channels[index - 2]
         return shufflenet_v2_stage(in_channels, self.stage_channels[index - 1], self.units[index - 1], stride=2)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_head(self, feature: Tensor) -> Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(self.final_conv(feature), 1).flatten(1))
-
-    def make_stage(self, index: int) -> nn.Module:
-        return self._build_stage(index)
 
     def make_head_tail(self) -> nn.Module:
         return conv_bn_relu_1x1(self.stage_channels[-1], self.last_channels)
@@ -193,11 +175,11 @@ class ShuffleNetV2(Backbone):
         return self.last_channels
 
 
-@register_model("shufflenetv1")
+@register_model
 def shufflenetv1(num_classes: int) -> ShuffleNetV1:
     return ShuffleNetV1(num_classes)
 
 
-@register_model("shufflenetv2")
+@register_model
 def shufflenetv2(num_classes: int) -> ShuffleNetV2:
     return ShuffleNetV2(num_classes)

@@ -8,21 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, InitScheme
 from .registry import register_model
-
-
-def init_wrn_weights(module: nn.Module) -> nn.Module:
-    """The reference init: He-normal (fan-out) convs, BN at identity, zero Linear bias."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-    return module
 
 
 class PreActBlock(nn.Module):
@@ -58,9 +45,14 @@ class WideStage(nn.Module):
 
 
 class WideResNet(Backbone):
-    """3x3 stem to 16, stages of (depth - 4) / 6 blocks at widths 16k, 32k, 64k, then BN + ReLU, pool, ``fc``."""
+    """3x3 stem to 16, stages of (depth - 4) / 6 blocks at widths 16k, 32k, 64k, then BN + ReLU, pool, ``fc``.
+
+    Weights as the reference's wrn.py, heads included: He-normal convs, zero linear bias, default linear weight.
+    """
 
     pre_activation = True
+    stage_attr = "block"
+    weight_init = head_init = InitScheme(linear_bias_zero=True)
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int) -> None:
         super().__init__()
@@ -69,24 +61,19 @@ class WideResNet(Backbone):
         self.blocks_per_stage = (depth - 4) // 6
         self.stage_channels = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.block1 = self._build_stage(1)
-        self.block2 = self._build_stage(2)
-        self.block3 = self._build_stage(3)
+        self.add_stages()
         self.bn1 = nn.BatchNorm2d(self.stage_channels[-1])
         self.fc = nn.Linear(self.stage_channels[-1], num_classes)
-        init_wrn_weights(self)
+        self.init_weights()
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        f1 = self.block1(self.conv1(x))
-        f2 = self.block2(f1)
-        return [f1, f2, self.block3(f2)]
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
 
     def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(feature))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
-    def _build_stage(self, index: int) -> WideStage:
-        """Stage ``index`` (1..S) as the backbone has it, or the extra stride-1 stage of the final width (S+1)."""
+    def build_stage(self, index: int) -> WideStage:
         if index == self.num_stages + 1:
             in_channels = out_channels = self.stage_channels[-1]
             stride = 1
@@ -94,29 +81,24 @@ class WideResNet(Backbone):
             in_channels = 16 if index == 1 else self.stage_channels[index - 2]
             out_channels = self.stage_channels[index - 1]
             stride = 1 if index == 1 else 2
-        return init_wrn_weights(WideStage(self.blocks_per_stage, in_channels, out_channels, stride))
-
-    def make_stage(self, index: int) -> nn.Module:
-        if not 2 <= index <= self.num_stages + 1:
-            raise ValueError(f"make_stage index must be in 2..{self.num_stages + 1}, got {index}")
-        return self._build_stage(index)
+        return WideStage(self.blocks_per_stage, in_channels, out_channels, stride)
 
 
-@register_model("wrn_16_1")
+@register_model
 def wrn_16_1(num_classes: int) -> WideResNet:
     return WideResNet(16, 1, num_classes)
 
 
-@register_model("wrn_16_2")
+@register_model
 def wrn_16_2(num_classes: int) -> WideResNet:
     return WideResNet(16, 2, num_classes)
 
 
-@register_model("wrn_40_1")
+@register_model
 def wrn_40_1(num_classes: int) -> WideResNet:
     return WideResNet(40, 1, num_classes)
 
 
-@register_model("wrn_40_2")
+@register_model
 def wrn_40_2(num_classes: int) -> WideResNet:
     return WideResNet(40, 2, num_classes)
