@@ -1,6 +1,6 @@
 """Images per second of the HSAKD distillation step: a plain fp32 reference step vs the project's own step.
 
-The reference is written here exactly as HSAKD.md section 4 states the step: rotations stacked on the host, then
+The reference is written here exactly as docs/method.md, "Losses" states the step: rotations stacked on the host, then
 moved to the device; teacher forward (eval mode) under ``no_grad``; student forward and backward; the loss
 ``CE(p_S[k=0], y) + alpha * sum_l KL_T(q_l^T || q_l^S) + beta * KL_T(p^T || p^S)``; a plain SGD step; NCHW, fp32,
 no host sync per step. The project's step is ``DistillTask`` + ``train_epoch`` with the optimizer and switches from
@@ -39,7 +39,7 @@ def kl_t(teacher_logits: torch.Tensor, student_logits: torch.Tensor, t: float) -
 
 
 class ReferenceStep:
-    """HSAKD.md section 4 in plain fp32 PyTorch, with the optimizer settings of the published recipe."""
+    """docs/method.md, "Losses", in plain fp32 PyTorch, with the optimizer settings of the published recipe."""
 
     def __init__(self, teacher: HSAKDNet, student: HSAKDNet, cfg: Config, device: torch.device) -> None:
         self.teacher = teacher.to(device).eval().requires_grad_(False)

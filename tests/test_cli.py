@@ -49,7 +49,7 @@ def test_models_table_lists_every_arch_with_counts(capsys):
     for arch, (stages, backbone, total) in rows.items():
         assert int(stages) == num_stages(arch)
         assert 0 < int(backbone.replace(",", "")) < int(total.replace(",", ""))
-    assert rows["resnet8"][1:] == ["83,892", "365,860"]  # HSAKD.md section 8, 100 classes
+    assert rows["resnet8"][1:] == ["83,892", "365,860"]  # docs/method.md, "Backbone sizes", 100 classes
     assert rows["wrn_40_2"][1] == "2,255,156"
 
 

@@ -46,7 +46,7 @@ def kl_t(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float) -> 
 
 
 def reference_loss(teacher, student, x, y, temperature=3.0, alpha=1.0, beta=1.0) -> torch.Tensor:
-    """HSAKD.md section 4 written out: host-side stacked rotations, teacher under no_grad, fp32, NCHW."""
+    """docs/method.md, "Losses", written out: host-side stacked rotations, teacher under no_grad, fp32, NCHW."""
     x_rot = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).reshape(-1, *x.shape[1:])
     with torch.no_grad():
         t_logits, t_aux = teacher(x_rot)

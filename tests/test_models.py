@@ -15,7 +15,7 @@ torch.set_num_threads(1)  # tiny convs: a second thread only adds synchronisatio
 NUM_CLASSES = 10
 ARCHS = list_architectures()
 
-# HSAKD.md section 8: backbone sizes of the benchmark definitions (100 classes; 1000 for the ImageNet ResNets).
+# docs/method.md, "Backbone sizes": the benchmark definitions (100 classes; 1000 for the ImageNet ResNets).
 CIFAR100_PARAMS = {
     "wrn_40_2": 2_255_156, "wrn_16_2": 703_284, "wrn_40_1": 569_780, "wrn_16_1": 180_916,
     "resnet56": 861_620, "resnet20": 278_324, "resnet8": 83_892, "resnet32x4": 7_433_860, "resnet8x4": 1_233_540,

@@ -15,7 +15,7 @@ torch.set_num_threads(1)  # tiny convs: a second thread only adds synchronisatio
 NUM_CLASSES = 10
 ARCHS = ["vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
 
-# HSAKD.md section 8 (100 classes, backbone only).
+# docs/method.md, "Backbone sizes" (100 classes, backbone only).
 CIFAR100_PARAMS = {"vgg13": 9_462_180, "mobilenetv2": 812_836, "shufflenetv1": 949_258, "shufflenetv2": 1_355_528}
 
 # Side of each stage's output for a 32 px input: the resolutions winycg/HSAKD's feature maps have.

@@ -29,7 +29,8 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     """Load ``cfg.name`` and carve the validation split (``val_fraction``) and few-shot subset (``few_shot_ratio``).
 
     With ``val_fraction > 0`` evaluation uses a class-stratified split of the training set fixed by ``split_seed`` and
-    the test set is never touched (HSAKD.md section 9); the few-shot fraction is then taken from what remains.
+    the test set is never touched (docs/method.md, "Tuning protocol"); the few-shot fraction is then taken from
+    what remains.
     """
     source = load_source(cfg)
     targets = dataset_targets(source.train)

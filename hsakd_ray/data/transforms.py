@@ -1,4 +1,5 @@
-"""Published augmentation and normalisation per dataset family (HSAKD.md section 3), and the view that applies them."""
+"""Published augmentation and normalisation per dataset family (docs/method.md, "Published settings"), and the
+view that applies them."""
 from __future__ import annotations
 
 from collections.abc import Callable

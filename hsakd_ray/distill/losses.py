@@ -1,4 +1,4 @@
-"""HSAKD losses as pure functions on logits (HSAKD.md sections 3, 4, 6).
+"""HSAKD losses as pure functions on logits (docs/method.md, "Losses").
 
 Each returns a dict of scalar tensors: the total under ``"loss"``, every part under its own name, so each part can
 be logged as a metric and each weight tuned.
@@ -79,7 +79,7 @@ def mutual_loss(own_logits: torch.Tensor, own_aux: Sequence[torch.Tensor], peer_
                 peer_aux: Sequence[torch.Tensor], y: torch.Tensor, joint_y: torch.Tensor, temperature: float = 3.0,
                 alpha: float = 1.0, beta: float = 1.0,
                 head_temperature: float | None = None) -> dict[str, torch.Tensor]:
-    """Online mutual HSAKD for one network of the pair (HSAKD.md section 6).
+    """Online mutual HSAKD for one network of the pair (docs/method.md, "Losses").
 
     Own CE on ``p[k=0]`` and on every ``q_l`` with joint labels, plus KL_T towards the peer's detached ``p`` and
     ``q_l`` (heads paired by position).

@@ -1,4 +1,4 @@
-"""Evaluation metrics of HSAKD.md section 5, as sums that can be added across batches and workers."""
+"""Evaluation metrics of docs/method.md, "Evaluation", as sums that can be added across batches and workers."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -9,7 +9,7 @@ def rotate_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     Row ``4*i + k`` is image i rotated by k*90 degrees, with joint label ``4*y_i + k``.
 
-    One ``stack`` of the four rotations, then a reshape, keeps rows image-major (HSAKD.md section 1).
+    One ``stack`` of the four rotations, then a reshape, keeps rows image-major (docs/method.md, "The rotation task").
     """
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")

@@ -111,7 +111,7 @@ def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable,
 @torch.inference_mode()
 def evaluate(net: HSAKDNet, batches: Iterable, device: torch.device, channels_last: bool = False,
              autocast_dtype: torch.dtype | None = None, chunk_rows: int = 0) -> dict[str, float]:
-    """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (HSAKD.md section 5).
+    """Top-1/top-5 on unrotated images plus per-head accuracies over the rotated rows (docs/method.md, "Evaluation").
 
     ``chunk_rows``: forward that many rows at a time (``forward_in_chunks``; 0: whole batches)."""
     was_training = net.training

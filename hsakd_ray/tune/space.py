@@ -180,7 +180,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     base_raw = apply_overrides(base_raw, list(overrides))
     base_raw.setdefault("data", {})
     if not base_raw["data"].get("val_fraction"):
-        base_raw["data"]["val_fraction"] = 0.1  # HSAKD.md section 9: tune on a held-out validation split
+        base_raw["data"]["val_fraction"] = 0.1  # docs/method.md, "Tuning protocol": tune on a held-out split
     base = config_from_dict(base_raw)
     if base.distill.method == "mutual":
         raise ConfigError("distill.method 'mutual' trains no shared teacher; tune hsakd, kd or ce")
