@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from hsakd_ray.config import ConfigError, dump_config
+from hsakd_ray.config import Config, ConfigError, config_from_dict, dump_config
 from hsakd_ray.engine import write_checkpoint
 from hsakd_ray.engine.checkpoint import CheckpointError, load_network
 from hsakd_ray.models import PlacementError, build_model, student_head_stages
@@ -82,14 +82,32 @@ def test_the_sweep_check_of_a_resolved_teacher_uses_the_rule(tmp_path: Path) -> 
         check_placements(space, [1, 2, 3])
 
 
+def teacher_checkpoint(tmp_path: Path, net) -> Path:
+    meta = {"kind": "teacher", "arch": net.arch, "num_classes": net.num_classes, "aux_stages": list(net.aux_stages),
+            "epoch": 0, "metrics": {}}
+    return write_checkpoint(tmp_path / "t", model_state=net.state_dict(), meta=meta,
+                            config_yaml=dump_config(Config()))
+
+
 def test_the_checkpoint_loader_counts_the_students_stages(tmp_path: Path) -> None:
     net = build_model("resnet8", 4, "all")
-    meta = {"kind": "teacher", "arch": "resnet8", "num_classes": 4, "aux_stages": [1, 2, 3], "epoch": 0,
-            "metrics": {}}
-    from hsakd_ray.config import Config
-
-    path = write_checkpoint(tmp_path / "t", model_state=net.state_dict(), meta=meta, config_yaml=dump_config(Config()))
+    path = teacher_checkpoint(tmp_path, net)
     assert load_network(path, "resnet8", "all", student_arch="wrn_16_1").aux_stages == (1, 2, 3)
     with pytest.raises(CheckpointError, match=r"has heads at stages \[1, 2, 3\]; stages \[4\] were asked for"):
         load_network(path, "resnet8", "all", student_arch="mobilenetv2")
     torch.testing.assert_close(load_network(path, "resnet8", [2]).heads[0].fc.weight, net.heads[1].fc.weight)
+
+
+def test_a_distill_job_checks_the_students_placement_on_the_driver(tmp_path: Path) -> None:
+    """Before any Train worker starts, ``hsakd-ray distill`` loads the teacher for the student's own placement."""
+    from hsakd_ray.train.job import prepare_teacher
+
+    path = teacher_checkpoint(tmp_path, build_model("resnet8", 4, "all"))
+    cfg = config_from_dict({"data": {"name": "synthetic", "synthetic_classes": 4},
+                            "teacher": {"arch": "resnet8", "checkpoint": str(path)},
+                            "student": {"arch": "mobilenetv2", "aux_stages": "all"},
+                            "train": {"output_dir": str(tmp_path / "out")}})
+    with pytest.raises(CheckpointError, match=r"stages \[4\] were asked for"):
+        prepare_teacher(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")
+    cfg.student.aux_stages = [2, 3]
+    assert prepare_teacher(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")
