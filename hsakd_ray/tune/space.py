@@ -269,7 +269,7 @@ def earliest_rung(optim: OptimConfig, epochs: int) -> tuple[int, str]:
 
 
 def check_early_stopping(scheduler: SchedulerSpec, base: Config, search: dict) -> None:
-    """ASHA compares trials at its rungs (grace_period * reduction_factor^k < max_t); the first rung must fall where
+    """ASHA compares trials at its rungs (grace_period * reduction_factor^k up to max_t); the first rung must fall where
     accuracy predicts the final result: ``grace_period >= earliest_rung`` for the base schedule and every searched
     schedule value."""
     if scheduler.type != "asha":
