@@ -64,6 +64,7 @@ class SearchSpace:
     teacher_config: Config | None           # trained once before the trials
     search: dict[str, dict]
     tune: TuneSpec
+    final_teacher_ref: str | None = None    # the final run's teacher, when given (else trained on all the data)
 
     @property
     def name(self) -> str:
@@ -174,7 +175,8 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     teacher_ref, teacher_cfg, teacher_stages = None, None, None
     if isinstance(teacher, str):
         teacher_ref = teacher
-    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config"} and len(teacher) == 1:
+    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config", "final_checkpoint"} and \
+            len(set(teacher) & {"checkpoint", "config"}) == 1:
         if "checkpoint" in teacher:
             teacher_ref = str(teacher["checkpoint"])
         else:
@@ -188,7 +190,8 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
             teacher_stages = list(range(1, num_stages(t.arch) + 1)) if t.aux_stages == "all" else t.aux_stages
     elif base.distill.method != "ce" or teacher is not None:
         raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
-                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}")
+                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}, "
+                          "optionally with final_checkpoint: REF (the final run's teacher)")
     if teacher_ref and base.teacher.checkpoint is None:
         base.teacher.checkpoint = teacher_ref
 
@@ -198,8 +201,12 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     _validate_search(search, config_to_dict(base), teacher_stages)
     tune = _spec_from(TuneSpec, raw.get("tune"), "tune")
     _validate_tune(tune, base, search)
+    final_ref = teacher.get("final_checkpoint") if isinstance(teacher, dict) else None
+    if final_ref is not None and not isinstance(final_ref, str):
+        raise ConfigError(f"teacher.final_checkpoint must be a checkpoint reference (path, runs:/, models:/), "
+                          f"got {final_ref!r}")
     return SearchSpace(path=path, base=base, teacher_ref=teacher_ref, teacher_config=teacher_cfg,
-                       search=search, tune=tune)
+                       search=search, tune=tune, final_teacher_ref=final_ref)
 
 
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
@@ -241,7 +248,9 @@ def trial_config(space: SearchSpace, params: dict[str, Any]) -> Config:
 
 
 def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | None) -> dict:
-    """``best_config.yaml``: the winning values on the base, trained on the whole training set, tested once."""
+    """``best_config.yaml``: the winning values on the base, trained on the whole training set (``val_fraction`` 0,
+    so the run evaluates on the test set and keeps its last epoch), with ``teacher_ref`` the final run's teacher
+    (trained on the whole training set too, see final.py)."""
     raw = apply_params(config_to_dict(space.base), params)
     raw["data"]["val_fraction"] = 0.0
     if teacher_ref:
