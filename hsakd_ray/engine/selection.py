@@ -13,6 +13,12 @@ from ..config import Config
 from ..data import eval_split
 
 BEST_HEAD_SSL = "best_head_ssl_acc"  # the largest per-head self-supervised accuracy (distill/metrics.py)
+SUMMARY_NAMES = ("top1_last", "top1_best_epoch", "top1_best_epoch_num")  # logged once, at the end of a job
+
+
+def is_summary_metric(key: str) -> bool:
+    """``test/top1_last`` and the like: a job's end-of-run summary, not a per-epoch metric."""
+    return key.rpartition("/")[2] in SUMMARY_NAMES
 
 
 def kept_metric(cfg: Config, kind: str) -> str | None:
@@ -41,5 +47,5 @@ def top1_summary(history: Mapping[int, float], split: str) -> dict[str, float]:
         return {}
     last = max(history)
     best = min(history, key=lambda e: (-history[e], e))
-    return {f"{split}/top1_last": float(history[last]), f"{split}/top1_best_epoch": float(history[best]),
-            f"{split}/top1_best_epoch_num": float(best)}
+    values = (float(history[last]), float(history[best]), float(best))
+    return {f"{split}/{name}": value for name, value in zip(SUMMARY_NAMES, values, strict=True)}
