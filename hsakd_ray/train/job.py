@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from ..config import Config, ConfigError, config_to_dict, dump_config, flatten
 from ..data import eval_split
+from ..distill.methods import method_spec
 from ..engine.selection import describe_kept, kept_metric, top1_summary
 from ..tracking import runs as R
 from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
@@ -53,7 +54,7 @@ def teacher_source(cfg: Config, kind: str) -> str:
         return cfg.teacher.pretrained or "scratch"
     if kind == "probe":
         return cfg.student.checkpoint or ""
-    return cfg.teacher.checkpoint or ("none" if cfg.distill.method in ("ce", "mutual") else "")
+    return cfg.teacher.checkpoint or ("" if method_spec(cfg.distill.method).needs_teacher else "none")
 
 
 def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
@@ -62,7 +63,8 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     The config keeps the reference as written (the run's params, tags and config.yaml name ``runs:/...``, not a
     download cache); workers get the files through the object store and load them from a local copy."""
     field = {"distill": "teacher", "probe": "student"}.get(kind)
-    if field is None or (kind == "distill" and cfg.distill.method in ("ce", "mutual")):
+    method = method_spec(cfg.distill.method)
+    if field is None or (kind == "distill" and not method.needs_teacher):
         return None
     ref = getattr(cfg, field).checkpoint
     if not ref:
@@ -72,7 +74,7 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     from ..engine import load_network
 
     # validate on the driver so a mismatch is one line before any worker starts
-    stages = cfg.student.aux_stages if (kind == "distill" and cfg.distill.method == "hsakd") else []
+    stages = cfg.student.aux_stages if (kind == "distill" and method.teacher_heads) else []
     load_network(local, getattr(cfg, field).arch, stages, role=field)
     return read_checkpoint_files(local)
 

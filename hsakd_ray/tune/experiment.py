@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ..config import ConfigError, config_from_dict
+from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
@@ -62,7 +63,7 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
     for stages in candidates:
         wanted = list(range(1, num_stages(space.base.student.arch) + 1)) if stages == "all" else stages
         missing = sorted(set(wanted) - set(teacher_stages))
-        if missing and space.base.distill.method == "hsakd":
+        if missing and method_spec(space.base.distill.method).teacher_heads:
             raise ConfigError(f"search.student.aux_stages: placement {stages} needs teacher heads at {missing}; "
                               f"the teacher has heads at {teacher_stages}")
 
@@ -70,7 +71,7 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
 def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
                     resume: bool) -> tuple[str | None, dict[str, bytes] | None]:
     """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files)."""
-    if space.base.distill.method == "ce":
+    if not method_spec(space.base.distill.method).needs_teacher:
         return None, None
     ref = space.teacher_ref
     if space.teacher_config is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
+from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
@@ -50,8 +51,8 @@ def prepare_final_teacher(space: SearchSpace, uri: str, client: MlflowClient, ex
     Trained after the sweep, not before or beside it: it needs nothing from the winner, but before the trials it would
     delay every result by a full teacher training, and beside them it would take the workers the trials run on; after
     the sweep it has the whole cluster, and an interrupted or failed sweep costs no final teacher."""
-    if space.base.distill.method == "ce":
-        return None  # no teacher
+    if not method_spec(space.base.distill.method).needs_teacher:
+        return None
     if space.final_teacher_ref:
         ref = space.final_teacher_ref
     elif space.teacher_config is None:

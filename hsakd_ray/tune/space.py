@@ -17,6 +17,7 @@ from ..config import (
     read_yaml,
     set_dotted,
 )
+from ..distill.methods import METHODS, method_spec
 
 DISTRIBUTIONS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -142,7 +143,7 @@ def _validate_search(search: dict, base_raw: dict, teacher_stages: list[int] | N
             if key == "student.aux_stages" and teacher_stages is not None:
                 stages = value if value != "all" else list(range(1, 1 + len(teacher_stages)))
                 missing = sorted(set(stages) - set(teacher_stages))
-                if missing and cfg.distill.method == "hsakd":
+                if missing and method_spec(cfg.distill.method).teacher_heads:
                     raise ConfigError(f"search.student.aux_stages: placement {value} needs teacher heads at "
                                       f"stages {missing}, but the teacher has heads at {teacher_stages}")
 
@@ -168,8 +169,9 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     if not base_raw["data"].get("val_fraction"):
         base_raw["data"]["val_fraction"] = 0.1  # HSAKD.md section 9: tune on a held-out validation split
     base = config_from_dict(base_raw)
-    if base.distill.method == "mutual":
-        raise ConfigError("distill.method 'mutual' trains no shared teacher; tune hsakd, kd or ce")
+    if not method_spec(base.distill.method).tunable:
+        tunable = ", ".join(m.name for m in METHODS.values() if m.tunable)
+        raise ConfigError(f"distill.method {base.distill.method!r} trains no shared teacher; tune {tunable}")
 
     teacher = raw.get("teacher")
     teacher_ref, teacher_cfg, teacher_stages = None, None, None
@@ -188,7 +190,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
             teacher_cfg = config_from_dict(t_raw)
             t = teacher_cfg.teacher
             teacher_stages = list(range(1, num_stages(t.arch) + 1)) if t.aux_stages == "all" else t.aux_stages
-    elif base.distill.method != "ce" or teacher is not None:
+    elif method_spec(base.distill.method).needs_teacher or teacher is not None:
         raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
                           "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}, "
                           "optionally with final_checkpoint: REF (the final run's teacher)")
