@@ -129,7 +129,7 @@ class TrackingConfig:
     uri: str | None = None                 # None: MLFLOW_TRACKING_URI, else MLflow's default
     experiment: str = "hsakd-ray"
     run_name: str | None = None            # also names the Ray run (storage_path/run_name); default kind-arch-time
-    register_model: str | None = None      # register the best checkpoint as this MLflow model name
+    register_model: str | None = None      # register the kept checkpoint as this MLflow model name
 
 
 @dataclass
