@@ -5,6 +5,8 @@ validation split stays unseen by every network the search ranks. The final run (
 whole training set, so its teacher must too: it is trained once, as its own MLflow run named
 ``<space>-final-teacher``, after the sweep (see ``prepare_final_teacher``), reused by ``--resume`` and later calls,
 or given by the space as ``teacher.final_checkpoint``. A space whose teacher is a given reference uses it unchanged.
+With no validation split left to choose on, the final teacher keeps its last epoch (engine/selection.py), also in
+``frozen`` mode, where the tuning teacher keeps its best validation epoch.
 """
 from __future__ import annotations
 
