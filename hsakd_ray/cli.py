@@ -37,15 +37,20 @@ def cmd_job(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set, kind=args.command)
     if args.local:
+        from .data import eval_split
         from .engine import run_job
         from .engine.reporting import LocalReporter
         from .engine.runner import Runtime, resolve_device
+        from .engine.selection import describe_kept, kept_metric
 
         run_dir = Path(cfg.train.output_dir) / run_name(cfg, args.command)
-        reporter = LocalReporter(run_dir, cfg.train.epochs, cfg.train.checkpoint_every)
-        metrics = run_job(cfg, args.command, Runtime(device=resolve_device(cfg.train.device), report=reporter))
-        print(f"done: {run_dir}/best (best {reporter.best})  final: " +
-              ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))
+        keep_by = kept_metric(cfg, args.command)
+        reporter = LocalReporter(run_dir, cfg.train.epochs, cfg.train.checkpoint_every, keep_by=keep_by,
+                                 split=eval_split(cfg.data))
+        run_job(cfg, args.command, Runtime(device=resolve_device(cfg.train.device), report=reporter))
+        print(f"done: {reporter.kept} ({describe_kept(keep_by, reporter.best_epoch)})  " +
+              ", ".join(f"{k} {v:.2f}" if not k.endswith("_num") else f"{k} {v:.0f}"
+                        for k, v in reporter.summary().items()))
         return
     from .train.job import run_ray_job
 

@@ -68,7 +68,7 @@ class NetworkConfig:
 
 @dataclass
 class DistillConfig:
-    method: Literal["hsakd", "kd", "ce", "mutual"] = "hsakd"
+    method: str = "hsakd"                  # a row of distill/methods.py: hsakd, kd, ce, mutual
     temperature: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     head_temperature: float | None = field(default=None, metadata=_range(0.0, lo_open=True))  # None: temperature
     alpha: float = field(default=1.0, metadata=_range(0.0))  # weight of the head-by-head KL terms
@@ -129,7 +129,7 @@ class TrackingConfig:
     uri: str | None = None                 # None: MLFLOW_TRACKING_URI, else MLflow's default
     experiment: str = "hsakd-ray"
     run_name: str | None = None            # also names the Ray run (storage_path/run_name); default kind-arch-time
-    register_model: str | None = None      # register the best checkpoint as this MLflow model name
+    register_model: str | None = None      # register the kept checkpoint as this MLflow model name
 
 
 @dataclass
@@ -253,7 +253,12 @@ def config_to_dict(cfg: Config) -> dict:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that one key's type cannot express."""
+    from .distill.methods import METHODS
     from .models import list_architectures, num_stages  # local: models import torch
+
+    if cfg.distill.method not in METHODS:
+        allowed = ", ".join(repr(m) for m in METHODS)
+        raise ConfigError(f"distill.method must be one of {allowed}, got {cfg.distill.method!r}")
 
     for section in ("teacher", "student"):
         net: NetworkConfig = getattr(cfg, section)
@@ -270,7 +275,7 @@ def validate(cfg: Config) -> None:
     weights = cfg.distill.head_weights
     if weights is not None and any(w < 0 for w in weights):
         raise ConfigError(f"distill.head_weights must be >= 0, got {weights}")
-    if weights is not None and cfg.distill.method == "hsakd":
+    if weights is not None and METHODS[cfg.distill.method].teacher_heads:
         s = cfg.student
         heads = num_stages(s.arch) if s.aux_stages == "all" else len(set(s.aux_stages))
         if len(weights) != heads:

@@ -57,14 +57,15 @@ def test_teacher_then_distill_then_evaluate_on_digits(digits_config, tmp_path, c
     out = tmp_path / "outputs"
     assert main(["teacher", str(digits_config), "--local", "--set", "tracking.run_name=t"]) == 0
     printed = capsys.readouterr().out
-    assert "epoch 1/1" in printed and f"done: {out / 't' / 'best'}" in printed
-    teacher = out / "t" / "best"
+    assert "epoch 1/1" in printed and f"done: {out / 't' / 'latest'} (last epoch)" in printed
+    assert "test/top1_last" in printed and "test/top1_best_epoch" in printed
+    teacher = out / "t" / "latest"
     assert (teacher / "model.pt").is_file()
 
     assert main(["distill", str(digits_config), "--local", "--set", "tracking.run_name=s",
                  "--set", f"teacher.checkpoint={teacher}"]) == 0
     capsys.readouterr()
-    student = out / "s" / "best"
+    student = out / "s" / "latest"
 
     assert main(["evaluate", str(student)]) == 0
     printed = capsys.readouterr().out

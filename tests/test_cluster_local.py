@@ -132,7 +132,7 @@ def test_every_run_is_complete(sweep):
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     kinds = sorted(run.data.tags.get("hsakd.kind") for run in runs)
-    assert kinds == ["teacher", "trial", "trial", "tune"]
+    assert kinds == ["teacher", "teacher", "trial", "trial", "tune"]  # the tuning teacher and the final run's
     for run in runs:
         status = run.info.status
         assert status == "FINISHED" or (status == "KILLED" and run.data.tags.get("stopped_by")), run.info.run_name

@@ -24,7 +24,7 @@ from hsakd_ray.engine import (
 )
 from hsakd_ray.engine.loop import train_epoch
 from hsakd_ray.engine.optim import build_optimizer, build_scheduler, lr_factor
-from hsakd_ray.engine.reporting import LocalReporter, format_epoch, score_key
+from hsakd_ray.engine.reporting import LocalReporter, format_epoch
 from hsakd_ray.engine.runner import rng_state, set_rng_state
 from hsakd_ray.models import build_model
 
@@ -437,21 +437,28 @@ def test_resuming_from_train_state_reproduces_the_uninterrupted_run(tmp_path, ki
 
 # ---------------------------------------------------------------- local reporting
 
-def test_local_reporter_keeps_latest_and_best(tmp_path):
+def test_local_reporter_keeps_latest_and_best_by_its_validation_metric(tmp_path):
     saved: list[tuple[int, str]] = []
     lines: list[str] = []
-    reporter = LocalReporter(tmp_path, total_epochs=5, checkpoint_every=2, printer=lines.append)
+    reporter = LocalReporter(tmp_path, total_epochs=5, checkpoint_every=2, printer=lines.append,
+                             keep_by="val/top1", split="val")
     for epoch, top1 in enumerate([50.0, 70.0, 60.0, 65.0, 40.0], start=1):
-        reporter(epoch, {"test/top1": top1, "train/loss": 1.0, "lr": 0.1, "images_per_sec": 10},
+        reporter(epoch, {"val/top1": top1, "train/loss": 1.0, "lr": 0.1, "images_per_sec": 10},
                  lambda path, epoch=epoch: saved.append((epoch, Path(path).name)))
     assert saved == [(2, "latest"), (2, "best"), (4, "latest"), (5, "latest")]
-    assert reporter.best == 70.0 and len(lines) == 5 and "test/top1 40.00" in lines[-1]
+    assert reporter.best == 70.0 and reporter.best_epoch == 2 and reporter.kept == tmp_path / "best"
+    assert len(lines) == 5 and "val/top1 40.00" in lines[-1]
 
 
-def test_score_key_prefers_the_main_networks_eval_top1():
-    assert score_key({"peer_test/top1": 1, "test/top1": 2}) == "test/top1"
-    assert score_key({"val/top1": 2}) == "val/top1"
-    assert score_key({"train/loss": 1}) is None
+def test_local_reporter_on_the_test_split_keeps_only_the_last_epoch(tmp_path):
+    saved: list[tuple[int, str]] = []
+    reporter = LocalReporter(tmp_path, total_epochs=3, printer=lambda line: None)
+    for epoch, top1 in enumerate([50.0, 70.0, 40.0], start=1):
+        reporter(epoch, {"test/top1": top1}, lambda path, epoch=epoch: saved.append((epoch, Path(path).name)))
+    assert saved == [(1, "latest"), (2, "latest"), (3, "latest")]  # never a "best" chosen by test accuracy
+    assert reporter.kept == tmp_path / "latest" and reporter.best_epoch == 3
+    assert reporter.summary() == {"test/top1_last": 40.0, "test/top1_best_epoch": 70.0,
+                                  "test/top1_best_epoch_num": 2.0}
     assert format_epoch(1, 2, {}).startswith("epoch 1/2  loss nan")
 
 

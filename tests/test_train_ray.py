@@ -36,6 +36,7 @@ import hsakd_ray
 from hsakd_ray.config import config_from_dict, config_to_dict, flatten, load_config
 from hsakd_ray.engine import Runtime, load_train_state, read_meta, run_job
 from hsakd_ray.engine.checkpoint import load_tensor_file
+from hsakd_ray.engine.selection import is_summary_metric
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs
 from hsakd_ray.train.job import prepare_teacher, run_ray_job
@@ -116,8 +117,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 def metric_steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
-    """Every metric of the run -> the sorted steps of all its logged values."""
-    keys = client.get_run(run_id).data.metrics
+    """Every per-epoch metric of the run (not the end-of-run summary) -> the sorted steps of all its logged values."""
+    keys = [k for k in client.get_run(run_id).data.metrics if not is_summary_metric(k)]
     return {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in keys}
 
 
@@ -244,13 +245,16 @@ def test_teacher_job_is_one_complete_mlflow_run(reference_teacher, workspace, sq
     assert_job_run(client, teacher_id, reference_teacher["config"], "teacher", "scratch", storage)
     assert_one_value_per_epoch(client, teacher_id, teacher_metrics())
 
-    # CheckpointConfig(num_to_keep=1, scored by test/top1) keeps exactly the best and the latest checkpoint, and
-    # the run's checkpoint artifact is the best one
+    # evaluated on the test set: no metric ranks checkpoints, so Ray keeps only the latest and the run's checkpoint
+    # artifact is the last epoch's (never chosen by test accuracy); the run reports last and best-epoch test top-1
     top1 = {m.step: m.value for m in client.get_metric_history(teacher_id, "test/top1")}
     best_epoch = max(sorted(top1), key=lambda e: top1[e])
-    assert set(checkpoints(storage / "teacher-ref")) == {best_epoch, EPOCHS}
+    assert set(checkpoints(storage / "teacher-ref")) == {EPOCHS}
     artifact = Path(client.download_artifacts(teacher_id, "checkpoint"))
-    assert read_meta(artifact)["epoch"] == best_epoch
+    assert read_meta(artifact)["epoch"] == EPOCHS
+    summary = client.get_run(teacher_id).data.metrics
+    assert summary["test/top1_last"] == top1[EPOCHS] and summary["test/top1_best_epoch"] == top1[best_epoch]
+    assert summary["test/top1_best_epoch_num"] == best_epoch
 
 
 @pytest.mark.timeout(240, method="thread")
@@ -277,7 +281,7 @@ def test_resume_backfills_epochs_a_checkpoint_made_durable_but_mlflow_missed(dis
     assert backfill_epochs(client, empty, ray_run) == [1, 2]
     assert backfill_epochs(client, empty, ray_run) == []  # idempotent
     original = distilled_student["run_id"]
-    for key in client.get_run(original).data.metrics:
+    for key in metric_steps(client, original):
         logged = [(m.step, m.value) for m in client.get_metric_history(empty, key)]
         assert logged == sorted((m.step, m.value) for m in client.get_metric_history(original, key)), key
     assert client.get_run(empty).data.tags[BACKFILLED_TAG] == "1,2"

@@ -1,6 +1,7 @@
 """``hsakd-ray tune`` end to end on a real local Ray cluster with a real sqlite MLflow store: the shipped
 quickstart (teacher trained once, one parent run, one child run per trial, statuses, artifacts, no orphan Train
-workers after ASHA stops trials) and resume after the driver is killed."""
+workers after ASHA stops trials), resume after the driver is killed, and the final run's teacher (trained once on
+the whole training set after the sweep, reused by a second call)."""
 from __future__ import annotations
 
 import csv
@@ -62,8 +63,10 @@ def test_quickstart_end_to_end(tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = runs_by_kind(client, space["base"]["tracking"]["experiment"])
-    (teacher,), (parent,) = runs["teacher"], runs["tune"]
-    assert teacher.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    teachers = {r.data.tags["hsakd.run_name"]: r for r in runs["teacher"]}
+    assert sorted(teachers) == ["quickstart-final-teacher", "quickstart-teacher"]  # tuning split, whole set
+    (parent,) = runs["tune"]
+    assert parent.info.status == "FINISHED" and all(t.info.status == "FINISHED" for t in teachers.values())
     children = runs["trial"]
     assert len(children) == space["tune"]["num_samples"]
     assert len({c.data.tags["hsakd.trial_id"] for c in children}) == len(children)  # one run per trial
@@ -86,7 +89,8 @@ def test_quickstart_end_to_end(tmp_path):
 
     results = tmp_path / "ray_results" / "quickstart" / "results"
     best = yaml.safe_load((results / "best_config.yaml").read_text())
-    assert best["data"]["val_fraction"] == 0.0 and best["teacher"]["checkpoint"].startswith("runs:/")
+    final_ref = f"runs:/{teachers['quickstart-final-teacher'].info.run_id}/checkpoint"
+    assert best["data"]["val_fraction"] == 0.0 and best["teacher"]["checkpoint"] == final_ref
     with open(results / "trials.csv") as f:
         assert len(list(csv.DictReader(f))) == len(children)
     assert "Top trials by val/top1" in log and "best config:" in log
@@ -141,8 +145,21 @@ def test_resume_after_killed_driver(tmp_path):
     assert "teacher: reusing" in log2  # the teacher is never trained twice
 
     runs = runs_by_kind(client, "resume")
-    assert len(runs["teacher"]) == 1 and len(runs["tune"]) == 1
-    assert runs["tune"][0].info.status == "FINISHED"
+    teachers = {r.data.tags["hsakd.run_name"]: r for r in runs["teacher"]}
+    assert sorted(teachers) == ["resume-final-teacher", "resume-teacher"] and len(runs["tune"]) == 1
+    parent = runs["tune"][0]
+    assert parent.info.status == "FINISHED"
+    # the final run's teacher: its own run, trained once on the whole training set (val_fraction 0, so it evaluated
+    # on the test set), tagged on the parent and named by best_config.yaml
+    final = teachers["resume-final-teacher"]
+    final_ref = f"runs:/{final.info.run_id}/checkpoint"
+    assert final.info.status == "FINISHED" and final.data.params["data.val_fraction"] == "0.0"
+    assert teachers["resume-teacher"].data.params["data.val_fraction"] == "0.1"
+    assert "test/top1" in final.data.metrics and "val/top1" in teachers["resume-teacher"].data.metrics
+    assert parent.data.tags["hsakd.final_teacher"] == final_ref
+    best_config = exp_path / "results" / "best_config.yaml"
+    best = yaml.safe_load(best_config.read_text())
+    assert best["teacher"]["checkpoint"] == final_ref and best["data"]["val_fraction"] == 0.0
     children = runs["trial"]
     assert len(children) == 2 and len({c.data.tags["hsakd.trial_id"] for c in children}) == 2
     for child in children:
@@ -152,6 +169,16 @@ def test_resume_after_killed_driver(tmp_path):
         trial_id = child.data.tags["hsakd.trial_id"]
         if trial_id in finished_before:  # a finished trial is not run again
             assert child.info.end_time == finished_before[trial_id]
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+    # a second call on the finished experiment trains no teacher again: both are reused, best_config is unchanged
+    again = start_cli("tune", str(space), "--resume", str(exp_path), cwd=tmp_path, log=tmp_path / "log3.txt")
+    assert again.wait(timeout=300) == 0, (tmp_path / "log3.txt").read_text()[-3000:]
+    log3 = (tmp_path / "log3.txt").read_text()
+    assert "teacher: reusing" in log3 and f"final teacher: reusing run {final.info.run_id}" in log3
+    assert len(runs_by_kind(client, "resume")["teacher"]) == 2
+    assert yaml.safe_load(best_config.read_text())["teacher"]["checkpoint"] == final_ref
+    assert client.get_run(parent.info.run_id).data.tags["hsakd.final_teacher"] == final_ref
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 

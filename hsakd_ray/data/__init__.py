@@ -1,5 +1,5 @@
 """Datasets by name with the published augmentation, stratified validation / few-shot splits, in-memory fast paths."""
-from .bundle import DataBundle, build_datasets
+from .bundle import DataBundle, build_datasets, eval_split
 from .memory import TensorImageDataset, as_tensors, tensor_augmentation
 from .registry import DATASETS
 from .splits import dataset_targets, stratified_split
@@ -11,6 +11,7 @@ __all__ = [
     "as_tensors",
     "build_datasets",
     "dataset_targets",
+    "eval_split",
     "stratified_split",
     "tensor_augmentation",
 ]

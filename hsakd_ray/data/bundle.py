@@ -25,6 +25,11 @@ class DataBundle:
     std: tuple[float, float, float]
 
 
+def eval_split(cfg: DataConfig) -> Literal["test", "val"]:
+    """What a job evaluates on: the carved validation split when ``val_fraction > 0``, else the test set."""
+    return "val" if cfg.val_fraction > 0 else "test"
+
+
 def build_datasets(cfg: DataConfig) -> DataBundle:
     """Load ``cfg.name`` and carve the validation split (``val_fraction``) and few-shot subset (``few_shot_ratio``).
 
@@ -35,13 +40,12 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     source = load_source(cfg)
     targets = dataset_targets(source.train)
     train_idx = list(range(len(targets)))
-    if cfg.val_fraction > 0:
+    split = eval_split(cfg)
+    if split == "val":
         train_idx, val_idx = stratified_split(targets, cfg.val_fraction, cfg.split_seed)
         eval_set: Dataset = Subset(Transformed(source.train, source.eval_transform), val_idx)
-        eval_split: Literal["test", "val"] = "val"
     else:
         eval_set = Transformed(source.test, source.eval_transform)
-        eval_split = "test"
     if cfg.few_shot_ratio < 1:
         _, chosen = stratified_split([targets[i] for i in train_idx], cfg.few_shot_ratio, cfg.split_seed)
         train_idx = [train_idx[j] for j in chosen]
@@ -49,4 +53,4 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     if len(train_idx) < len(targets):
         train_set = Subset(train_set, train_idx)
     mean, std = source.stats
-    return DataBundle(train_set, eval_set, source.num_classes, source.image_size, eval_split, mean, std)
+    return DataBundle(train_set, eval_set, source.num_classes, source.image_size, split, mean, std)

@@ -38,10 +38,14 @@ def eval_sums(logits: torch.Tensor, y: torch.Tensor, aux_logits: Sequence[torch.
 
 
 def finalize_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Turn summed counts into accuracies in percent."""
+    """Turn summed counts into accuracies in percent; with heads, ``best_head_ssl_acc`` is the largest per-head
+    self-supervised accuracy (what a frozen-backbone teacher is chosen by)."""
     n = float(sums["n"])
     out = {"top1": 100.0 * float(sums["top1"]) / n, "top5": 100.0 * float(sums["top5"]) / n}
     for key, value in sums.items():
         if key.startswith("head_"):
             out[key] = 100.0 * float(value) / float(sums["n_rot"])
+    ssl = [v for k, v in out.items() if k.endswith("_ssl_acc")]
+    if ssl:
+        out["best_head_ssl_acc"] = max(ssl)
     return out

@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import distill as D
 from ..config import Config
+from ..distill.methods import method_spec
 from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
 from .fastpath import chunk_rows, forward_in_chunks
@@ -91,6 +92,7 @@ class DistillTask(Task):
 
     def __init__(self, student: HSAKDNet, teacher: HSAKDNet | None, cfg: Config) -> None:
         self.model, self.teacher, self.cfg = student, teacher, cfg.distill
+        self.method = method_spec(cfg.distill.method)
         self.inference_mode, self.cpu_chunk_rows = cfg.train.inference_mode, cfg.train.cpu_chunk_rows
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -106,18 +108,18 @@ class DistillTask(Task):
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
         """(student input, teacher logits, teacher head logits): the rotated batch (``hsakd``) or the batch (``kd``)."""
-        if self.teacher is None or self.cfg.method == "ce":
+        if self.teacher is None or not self.method.needs_teacher:
             return None
-        inputs = x if self.cfg.method == "kd" else D.rotate_batch(x, y)[0]
+        inputs = D.rotate_batch(x, y)[0] if self.method.rotation else x
         return (inputs, *self.teacher_forward(inputs))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:
         c = self.cfg
-        if c.method == "ce":
+        if not self.method.needs_teacher:
             return D.ce_loss(self.model(x)[0], y)
         inputs, t_logits, t_aux = prepared if prepared is not None else self.prepare(x, y)
         s_logits, s_aux = self.model(inputs)
-        if c.method == "kd":
+        if not self.method.teacher_heads:
             return D.kd_loss(s_logits, t_logits, y, c.temperature, c.beta)
         return D.student_loss(s_logits, s_aux, t_logits, t_aux, y, temperature=c.temperature, alpha=c.alpha,
                               beta=c.beta, head_temperature=c.head_temperature, head_weights=c.head_weights)
@@ -213,17 +215,17 @@ def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
         return ProbeTask(load_network(cfg.student.checkpoint, cfg.student.arch, [], role="student"), num_classes)
     if kind != "distill":
         raise ValueError(f"unknown job kind {kind!r}; allowed: teacher, distill, probe")
-    method, s = cfg.distill.method, cfg.student
-    if method == "mutual":
+    method, s = method_spec(cfg.distill.method), cfg.student
+    if method.trains_peer:
         student = build_model(s.arch, num_classes, s.aux_stages)
         return MutualTask(student, build_model(cfg.teacher.arch, num_classes, student.aux_stages), cfg)
-    student = build_model(s.arch, num_classes, s.aux_stages if method == "hsakd" else [])
+    student = build_model(s.arch, num_classes, s.aux_stages if method.student_heads else [])
     teacher = None
-    if method != "ce":
+    if method.needs_teacher:
         if not cfg.teacher.checkpoint:
-            raise ValueError(f"distill.method {method!r} needs teacher.checkpoint (a trained teacher)")
+            raise ValueError(f"distill.method {method.name!r} needs teacher.checkpoint (a trained teacher)")
         teacher = load_network(cfg.teacher.checkpoint, cfg.teacher.arch,
-                               student.aux_stages if method == "hsakd" else [], student_arch=s.arch)
+                               student.aux_stages if method.teacher_heads else [], student_arch=s.arch)
         if teacher.num_classes != num_classes:
             raise ValueError(f"teacher checkpoint has {teacher.num_classes} classes, the data has {num_classes}")
     return DistillTask(student, teacher, cfg)

@@ -14,13 +14,16 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from ..config import Config, ConfigError, config_to_dict, dump_config, flatten
+from ..data import eval_split
+from ..distill.methods import method_spec
+from ..engine.selection import describe_kept, kept_metric, top1_summary
 from ..tracking import runs as R
 from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint, resolve_checkpoint
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
 from .ray_session import check_cluster_paths, init_ray, is_remote_storage, resolve_storage_path
-from .trainer import build_trainer, read_checkpoint_files, score_attribute
+from .trainer import build_trainer, read_checkpoint_files
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,7 +54,7 @@ def teacher_source(cfg: Config, kind: str) -> str:
         return cfg.teacher.pretrained or "scratch"
     if kind == "probe":
         return cfg.student.checkpoint or ""
-    return cfg.teacher.checkpoint or ("none" if cfg.distill.method in ("ce", "mutual") else "")
+    return cfg.teacher.checkpoint or ("" if method_spec(cfg.distill.method).needs_teacher else "none")
 
 
 def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
@@ -60,7 +63,8 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     The config keeps the reference as written (the run's params, tags and config.yaml name ``runs:/...``, not a
     download cache); workers get the files through the object store and load them from a local copy."""
     field = {"distill": "teacher", "probe": "student"}.get(kind)
-    if field is None or (kind == "distill" and cfg.distill.method in ("ce", "mutual")):
+    method = method_spec(cfg.distill.method)
+    if field is None or (kind == "distill" and not method.needs_teacher):
         return None
     ref = getattr(cfg, field).checkpoint
     if not ref:
@@ -70,30 +74,47 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     from ..engine import load_network
 
     # validate on the driver so a mismatch is one line before any worker starts
-    stages = cfg.student.aux_stages if (kind == "distill" and cfg.distill.method == "hsakd") else []
+    stages = cfg.student.aux_stages if (kind == "distill" and method.teacher_heads) else []
     load_network(local, getattr(cfg, field).arch, stages, role=field, student_arch=cfg.student.arch)
     return read_checkpoint_files(local)
 
 
-def best_checkpoint_path(result, score: str) -> str | None:
-    ranked = [(m.get(score, float("-inf")), c) for c, m in (result.best_checkpoints or [])]
+def kept_checkpoint(result, metric: str | None) -> tuple[str | None, int | None]:
+    """(path, epoch) of the checkpoint a job produces: the best by ``metric`` (a validation metric), else the latest
+    (the last epoch)."""
+    ranked = [(m.get(metric, float("-inf")), c, m) for c, m in (result.best_checkpoints or [])] if metric else []
     if ranked:
-        return max(ranked, key=lambda t: t[0])[1].path
-    return result.checkpoint.path if result.checkpoint else None
+        _, checkpoint, metrics = max(ranked, key=lambda t: t[0])
+        return checkpoint.path, metrics.get("epoch")
+    if result.checkpoint is None:
+        return None, None
+    return result.checkpoint.path, (result.metrics or {}).get("epoch")
 
 
-def log_job_artifacts(client: MlflowClient, run_id: str, cfg: Config, result, score: str) -> str | None:
+def log_top1_summary(client: MlflowClient, run_id: str, split: str) -> dict[str, float]:
+    """Log ``{split}/top1_last``, ``{split}/top1_best_epoch`` (and its epoch) from the run's per-epoch history."""
+    history = {m.step: m.value for m in client.get_metric_history(run_id, f"{split}/top1")}
+    summary = top1_summary(history, split)
+    for key, value in summary.items():
+        client.log_metric(run_id, key, value)
+    return summary
+
+
+def log_job_artifacts(client: MlflowClient, run_id: str, cfg: Config, result,
+                      kind: str) -> tuple[str | None, int | None]:
+    """config.yaml, the learning curves and the kept checkpoint; returns the checkpoint's (path, epoch)."""
+    split = eval_split(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(dump_config(cfg))
         client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
-        keys = ["train/loss", score]
+        keys = ["train/loss", f"{split}/top1"]
         png = plot_learning_curves({run_id: run_histories(client, run_id, keys)}, Path(tmp) / "learning_curves.png",
                                    keys=("train/loss", "top1"))
         client.log_artifact(run_id, str(png))
-    best = best_checkpoint_path(result, score)
-    if best:
-        client.log_artifacts(run_id, best, artifact_path=CHECKPOINT_ARTIFACT)
-    return best
+    kept, epoch = kept_checkpoint(result, kept_metric(cfg, kind))
+    if kept:
+        client.log_artifacts(run_id, kept, artifact_path=CHECKPOINT_ARTIFACT)
+    return kept, epoch
 
 
 def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking_uri: str | None = None,
@@ -134,13 +155,13 @@ def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teach
         backfill_epochs(client, run_id, f"{storage}/{name}")
     print(f"MLflow run {run_id} in experiment {cfg.tracking.experiment!r} at {uri}; Ray run {storage}/{name}",
           flush=True)
-    score = score_attribute(cfg)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         trainer = build_trainer(cfg, kind, name, storage, [MLflowEpochLogger(uri, run_id)], teacher_files)
         result = trainer.fit()
-        best = log_job_artifacts(client, run_id, cfg, result, score)
+        best, kept_epoch = log_job_artifacts(client, run_id, cfg, result, kind)
+        summary = log_top1_summary(client, run_id, eval_split(cfg.data))
         if cfg.tracking.register_model and best:
             model = register_checkpoint(run_id, cfg.tracking.register_model, uri)
             client.set_tag(run_id, "hsakd.registered_model", model)
@@ -159,6 +180,8 @@ def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teach
         for sig, handler in previous.items():  # fit() leaves Ray's SIGINT handler, bound to a finished controller
             signal.signal(sig, handler)
     metrics = result.metrics or {}
-    print(f"done: {kind} {name}: {score} {metrics.get(score, float('nan')):.2f} (last epoch); "
-          f"best checkpoint runs:/{run_id}/{CHECKPOINT_ARTIFACT}", flush=True)
-    return {"run_id": run_id, "metrics": metrics, "best_checkpoint": best}
+    split, kept_by = eval_split(cfg.data), kept_metric(cfg, kind)
+    print(f"done: {kind} {name}: {split}/top1 {summary.get(f'{split}/top1_last', float('nan')):.2f} last epoch, "
+          f"{summary.get(f'{split}/top1_best_epoch', float('nan')):.2f} best epoch; checkpoint "
+          f"runs:/{run_id}/{CHECKPOINT_ARTIFACT} ({describe_kept(kept_by, kept_epoch)})", flush=True)
+    return {"run_id": run_id, "metrics": metrics, "best_checkpoint": best, "kept_epoch": kept_epoch, "summary": summary}

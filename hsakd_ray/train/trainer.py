@@ -5,12 +5,17 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import Config, config_to_dict
+from ..engine.selection import kept_metric
 from .worker import train_loop_per_worker
 
 
-def score_attribute(cfg: Config) -> str:
-    """The metric that ranks checkpoints and trials: top-1 on the eval split (val when carved, else test)."""
-    return f"{'val' if cfg.data.val_fraction > 0 else 'test'}/top1"
+def checkpoint_config(cfg: Config, kind: str) -> CheckpointConfig:
+    """One checkpoint kept besides the latest: the best by ``kept_metric`` when it names a validation metric; else
+    only the latest (the last epoch), so the test set never chooses a checkpoint."""
+    metric = kept_metric(cfg, kind)
+    if metric is None:
+        return CheckpointConfig(num_to_keep=1)
+    return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max")
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -31,8 +36,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
         name=name,
         storage_path=storage_path,
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=score_attribute(cfg),
-                                           checkpoint_score_order="max"),
+        checkpoint_config=checkpoint_config(cfg, kind),
         callbacks=callbacks or [],
     )
     return TorchTrainer(

@@ -10,15 +10,17 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from ..config import ConfigError
+from ..config import ConfigError, config_from_dict
+from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
-from ..train.job import Terminated, _raise_terminated, run_ray_job
+from ..train.job import INTERRUPTS, Terminated, _raise_terminated, run_ray_job
 from ..train.ray_session import check_cluster_paths, init_ray, resolve_storage_path
 from ..train.trainer import read_checkpoint_files
 from . import results as out
+from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
 from .searchers import build_scheduler, build_search_alg, param_space
 from .space import SearchSpace, check_placement, distribution_values, final_config, load_space
@@ -65,7 +67,7 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
 def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
                     resume: bool) -> tuple[str | None, dict[str, bytes] | None]:
     """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files)."""
-    if space.base.distill.method == "ce":
+    if not method_spec(space.base.distill.method).needs_teacher:
         return None, None
     ref = space.teacher_ref
     if space.teacher_config is not None:
@@ -157,6 +159,29 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
     return summarise(space, grid, client, parent, logger.run_ids, teacher_ref, exp_path, metric, mode)
 
 
+def final_teacher_for(space: SearchSpace, client: MlflowClient, parent: str, tuning_ref: str | None,
+                      best_params: dict, exp_path: Path) -> str | None:
+    """Train (or reuse, or take from the space) the final run's teacher and tag it on the parent run; an interrupt
+    or failure here closes the parent like one during the sweep (``--resume`` then continues it)."""
+    try:
+        ref = prepare_final_teacher(space, client.tracking_uri, client, client.get_run(parent).info.experiment_id,
+                                    tuning_ref)
+        if ref is not None:
+            stages = final_teacher_stages(space, ref, client.tracking_uri)
+            winner = config_from_dict(final_config(space, best_params, None))
+            check_placements(dataclasses.replace(space, search={}, base=winner), stages)
+    except INTERRUPTS:
+        R.finish_run(client, parent, "KILLED")
+        print(f"interrupted while preparing the final teacher; continue with: hsakd-ray tune {space.path} "
+              f"--resume {exp_path}", flush=True)
+        raise KeyboardInterrupt from None
+    except Exception as exc:
+        R.finish_run(client, parent, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    client.set_tag(parent, FINAL_TEACHER_TAG, ref or "none")
+    return ref
+
+
 def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_ids: dict[str, str],
               teacher_ref: str | None, exp_path: Path, metric: str, mode: str) -> dict:
     rows = out.trial_rows(grid, metric, mode, run_ids)
@@ -169,20 +194,24 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
     best_params = best_result.config["params"]
     results_dir = exp_path / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    best_yaml = out.write_atomic(results_dir / "best_config.yaml",
-                                 "# The winning trial's values on the base config: the full-scale final run.\n"
-                                 f"# Run it with: hsakd-ray distill {results_dir / 'best_config.yaml'}\n"
-                                 + out.dump_yaml(final_config(space, best_params, teacher_ref)))
-    files = [best_yaml, out.write_csv(rows, results_dir / "trials.csv"),
+    files = [out.write_csv(rows, results_dir / "trials.csv"),
              out.plot_metric_vs_params(rows, metric, searched, results_dir / "metric_vs_params.png"),
              out.plot_metric_by_placement(rows, metric, results_dir / "metric_by_placement.png"),
              out.plot_trial_curves(grid, metric, results_dir / "learning_curves.png")]
     for path in files:
         client.log_artifact(parent, str(path))
+    print(f"\nTop trials by {metric} ({mode}):\n" + out.format_table(rows, metric, searched, space.tune.top_k),
+          flush=True)
     client.set_tag(parent, "best_trial_id", best["trial_id"])
     client.set_tag(parent, "best_mlflow_run_id", best.get("mlflow_run_id", ""))
     client.log_metric(parent, f"best_{metric}", best[f"best_{metric}"])
+    final_teacher = final_teacher_for(space, client, parent, teacher_ref, best_params, exp_path)
+    best_yaml = out.write_atomic(results_dir / "best_config.yaml",
+                                 "# The winning trial's values on the base config: the final run, on the whole\n"
+                                 "# training set with a teacher trained on it too, scored on the test set.\n"
+                                 f"# Run it with: hsakd-ray distill {results_dir / 'best_config.yaml'}\n"
+                                 + out.dump_yaml(final_config(space, best_params, final_teacher)))
+    client.log_artifact(parent, str(best_yaml))
     R.finish_run(client, parent, "FINISHED")
-    print(f"\nTop trials by {metric} ({mode}):\n" + out.format_table(rows, metric, searched, space.tune.top_k))
     print(f"\nbest config: {best_yaml}\nfinal run:   hsakd-ray distill {best_yaml}", flush=True)
     return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows}

@@ -20,6 +20,7 @@ from ..config import (
     read_yaml,
     set_dotted,
 )
+from ..distill.methods import METHODS, method_spec
 
 DISTRIBUTIONS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -67,6 +68,7 @@ class SearchSpace:
     teacher_config: Config | None           # trained once before the trials
     search: dict[str, dict]
     tune: TuneSpec
+    final_teacher_ref: str | None = None    # the final run's teacher, when given (else trained on all the data)
 
     @property
     def name(self) -> str:
@@ -153,7 +155,7 @@ def check_placement(cfg: Config, teacher_stages: Sequence[int] | None, where: st
     """HSAKD pairs every student head with the teacher head at its stage: the one rule, ``student_head_stages``."""
     from ..models import PlacementError, student_head_stages
 
-    if cfg.distill.method != "hsakd":
+    if not method_spec(cfg.distill.method).teacher_heads:
         return
     try:
         student_head_stages(cfg.student.arch, cfg.student.aux_stages, teacher_stages)
@@ -182,14 +184,16 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     if not base_raw["data"].get("val_fraction"):
         base_raw["data"]["val_fraction"] = 0.1  # docs/method.md, "Tuning protocol": tune on a held-out split
     base = config_from_dict(base_raw)
-    if base.distill.method == "mutual":
-        raise ConfigError("distill.method 'mutual' trains no shared teacher; tune hsakd, kd or ce")
+    if not method_spec(base.distill.method).tunable:
+        tunable = ", ".join(m.name for m in METHODS.values() if m.tunable)
+        raise ConfigError(f"distill.method {base.distill.method!r} trains no shared teacher; tune {tunable}")
 
     teacher = raw.get("teacher")
     teacher_ref, teacher_cfg, teacher_stages = None, None, None
     if isinstance(teacher, str):
         teacher_ref = teacher
-    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config"} and len(teacher) == 1:
+    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config", "final_checkpoint"} and \
+            len(set(teacher) & {"checkpoint", "config"}) == 1:
         if "checkpoint" in teacher:
             teacher_ref = str(teacher["checkpoint"])
         else:
@@ -201,9 +205,10 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
             teacher_cfg = config_from_dict(t_raw)
             t = teacher_cfg.teacher
             teacher_stages = list(resolve_aux_stages(t.aux_stages, num_stages(t.arch), t.arch))
-    elif base.distill.method != "ce" or teacher is not None:
+    elif method_spec(base.distill.method).needs_teacher or teacher is not None:
         raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
-                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}")
+                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}, "
+                          "optionally with final_checkpoint: REF (the final run's teacher)")
     if teacher_ref and base.teacher.checkpoint is None:
         base.teacher.checkpoint = teacher_ref
 
@@ -214,8 +219,12 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     tune = _spec_from(TuneSpec, raw.get("tune"), "tune")
     _validate_tune(tune, base, search)
     check_early_stopping(tune.scheduler, base, search)
+    final_ref = teacher.get("final_checkpoint") if isinstance(teacher, dict) else None
+    if final_ref is not None and not isinstance(final_ref, str):
+        raise ConfigError(f"teacher.final_checkpoint must be a checkpoint reference (path, runs:/, models:/), "
+                          f"got {final_ref!r}")
     return SearchSpace(path=path, base=base, teacher_ref=teacher_ref, teacher_config=teacher_cfg,
-                       search=search, tune=tune)
+                       search=search, tune=tune, final_teacher_ref=final_ref)
 
 
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
@@ -299,7 +308,9 @@ def trial_config(space: SearchSpace, params: dict[str, Any]) -> Config:
 
 
 def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | None) -> dict:
-    """``best_config.yaml``: the winning values on the base, trained on the whole training set, tested once."""
+    """``best_config.yaml``: the winning values on the base, trained on the whole training set (``val_fraction`` 0,
+    so the run evaluates on the test set and keeps its last epoch), with ``teacher_ref`` the final run's teacher
+    (trained on the whole training set too, see final.py)."""
     raw = apply_params(config_to_dict(space.base), params)
     raw["data"]["val_fraction"] = 0.0
     if teacher_ref:
