@@ -98,6 +98,7 @@ def mutual_loss(own_logits: torch.Tensor, own_aux: Sequence[torch.Tensor], peer_
         parts[f"kl_head_{i}"] = kl_div_t(q_peer.detach(), q, head_t)
     parts["kl_final"] = kl_div_t(peer_logits.detach(), own_logits, temperature)
     ce_terms = parts["ce"] + sum(v for k, v in parts.items() if k.startswith("aux_ce_"))
-    kl_heads = sum((v for k, v in parts.items() if k.startswith("kl_head_")), own_logits.new_zeros((), dtype=torch.float32))
+    zero = own_logits.new_zeros((), dtype=torch.float32)
+    kl_heads = sum((v for k, v in parts.items() if k.startswith("kl_head_")), zero)
     parts["loss"] = ce_terms + alpha * kl_heads + beta * parts["kl_final"]
     return parts
