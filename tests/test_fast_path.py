@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
-from hsakd_ray.config import Config, ConfigError, apply_overrides, config_from_dict
+from hsakd_ray.config import RENAMED_KEYS, Config, ConfigError, apply_overrides, config_from_dict
 from hsakd_ray.data import TensorImageDataset, as_tensors, tensor_augmentation
 from hsakd_ray.data.transforms import RandomCropFlip, Transformed
 from hsakd_ray.distill import rotate_batch
@@ -444,6 +444,39 @@ def test_a_compile_failure_trains_eagerly_with_a_warning(tmp_path, monkeypatch):
     assert metrics["compile"] == "eager" and metrics["train/loss"] > 0
     assert len(lines) == 1 and "compile eager (train.compile=true, but compiling failed)" in lines[0]
     assert f"precision {metrics['precision']}" in lines[0]
+
+
+def test_a_backend_failure_when_the_compiled_graph_first_runs_trains_eagerly(tmp_path, monkeypatch):
+    """Compiling is lazy: inductor failing at the first forward (no C compiler, a backend bug) must not fail the job."""
+    import torch._dynamo
+    import torch._inductor.compile_fx
+
+    def broken_backend(*args, **kwargs):
+        raise RuntimeError("injected: inductor failed")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_backend)
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # restored after the test
+    torch._dynamo.reset()
+    cfg = tiny_job("train.compile=true", "train.epochs=1", "teacher.arch=resnet8", "teacher.aux_stages=[1]",
+                   "train.precision=fp32")
+    metrics = run_job(cfg, "teacher", Runtime(log=lambda line: None))
+    torch._dynamo.reset()
+    assert metrics["compile"] == "default" and metrics["train/loss"] > 0 and 0 <= metrics["test/top1"] <= 100
+
+
+def test_old_precision_switch_is_a_one_line_cli_error(tmp_path):
+    import subprocess
+    import sys
+
+    from hsakd_ray.config import dump_config
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(dump_config(Config()).replace("precision: auto", "bf16: false"))
+    done = subprocess.run([sys.executable, "-m", "hsakd_ray.cli", "teacher", str(config), "--local"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"hsakd-ray: error: config key 'train.bf16' was replaced: {RENAMED_KEYS['train.bf16']}"]
 
 
 def test_fast_path_choices_are_tagged_on_the_jobs_mlflow_run(tmp_path):
