@@ -48,7 +48,7 @@ class Runtime:
     world_size: int = 1
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m
     report: Reporter | None = None
-    resume_state: dict | None = None  # a checkpoint's train_state.pt plus its model states
+    resume_state: dict | None = None  # a checkpoint's ``load_train_state``: train state plus its model states
     log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))  # rank 0's job-level lines
 
 
@@ -229,9 +229,9 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         cycle_start = now
 
         def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:  # noqa: B006
-            states = task.state_dicts()
+            states = task.state_dicts()  # written once, as model.pt (peer.pt ...); train_state.pt names the files
             train_state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": rng_state(), "models": states}
+                           "scheduler": scheduler.state_dict(), "rng": rng_state(), "model_files": list(states)}
             extra = {k: v for k, v in states.items() if k != "model"}
             return write_checkpoint(path, model_state=states["model"], extra=extra, config_yaml=config_yaml,
                                     meta=checkpoint_meta(kind, cfg, task, epoch, metrics), train_state=train_state)
