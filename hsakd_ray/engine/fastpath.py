@@ -166,7 +166,7 @@ def resolve_compile(setting: bool | str, mode: str, device_type: str, steps: int
     if setting is False:
         return Choice("eager", "train.compile=false")
     if device_type != "cuda":
-        return Choice("eager", f"auto: {device_type} (compiling measured no gain on CPU)")
+        return Choice("eager", f"auto: eager on {device_type} (compiling measured no gain on CPU)")
     if steps < COMPILE_MIN_STEPS:
         return Choice("eager", f"auto: {steps} steps < {COMPILE_MIN_STEPS} (too short to repay compiling)")
     return Choice(chosen, f"auto: {steps} steps >= {COMPILE_MIN_STEPS}")
