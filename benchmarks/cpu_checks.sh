@@ -3,15 +3,15 @@
 # README's Performance table), each variant's reference and project steps interleaved in one process. Logged to
 # OUT/log. Run it on a quiet machine: the whole set takes about 15 minutes on 2 cores.
 #     bash benchmarks/cpu_checks.sh benchmarks/results/cpu
-#     bash benchmarks/cpu_checks.sh OUT "" "--cpu-bf16"
+#     bash benchmarks/cpu_checks.sh OUT "" "--precision fp32"
 set -uo pipefail
 out=${1:-cpu-checks}
 shift || true
 variants=("$@")
 if [ ${#variants[@]} -eq 0 ]; then
-    variants=(""
-              "--no-channels-last --no-inference-mode --no-overlap --cpu-chunk-rows 0 --no-fused-sgd"
-              "--no-overlap" "--cpu-chunk-rows 0" "--no-channels-last" "--compile" "--cpu-bf16")
+    variants=("--precision fp32 --no-channels-last --no-inference-mode --no-overlap --cpu-chunk-rows 0 --no-fused-sgd"
+              "--precision fp32" "--precision fp32 --no-overlap" "--precision fp32 --cpu-chunk-rows 0"
+              "--precision fp32 --no-channels-last" "--precision fp32 --compile" "--precision bf16" "")
 fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1

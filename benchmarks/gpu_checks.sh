@@ -9,9 +9,9 @@ out=${1:-gpu-checks}
 shift || true
 variants=("$@")
 if [ ${#variants[@]} -eq 0 ]; then
-    variants=("" "--no-bf16" "--no-channels-last" "--no-device-data" "--no-fused-sgd" "--batch 128"
-              "--batch 128 --no-bf16" "--compile" "--compile --compile-mode reduce-overhead"
-              "--compile --compile-mode reduce-overhead --no-bf16" "--compile --compile-mode reduce-overhead --batch 128")
+    variants=("" "--precision fp32" "--no-channels-last" "--no-device-data" "--no-fused-sgd" "--batch 128"
+              "--batch 128 --precision fp32" "--compile --compile-mode default" "--compile"
+              "--compile --precision fp32" "--compile --batch 128")
 fi
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -106,11 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--no-fused-sgd", action="store_true", help="train.fused_optimizer=false")
     f.add_argument("--no-device-data", action="store_true",
                    help="hand the project host batches, as a DataLoader would (no effect on CPU)")
-    f.add_argument("--no-bf16", action="store_true", help="train.bf16=false (CUDA only)")
-    f.add_argument("--compile", action="store_true", help="train.compile=true (warm-up includes compiling)")
-    f.add_argument("--compile-mode", default="default", help="train.compile_mode (with --compile)")
-    f.add_argument("--cpu-bf16", action="store_true",
-                   help="train.cpu_bf16=true: bf16 autocast on CPU (off by default; lower precision than fp32)")
+    f.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="train.precision (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
+    f.add_argument("--compile", action="store_true",
+                   help="train.compile=true (warm-up includes compiling; default: eager, as compile=auto is for a "
+                        "few timed steps)")
+    f.add_argument("--compile-mode", default="auto",
+                   help="train.compile_mode (with --compile; auto: reduce-overhead on CUDA, default on CPU)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.repeats, args.warmup = 8, 1, 1, 1
@@ -122,8 +124,8 @@ def project_config(args: argparse.Namespace) -> Config:
     t = cfg.train
     t.channels_last, t.inference_mode = not args.no_channels_last, not args.no_inference_mode
     t.teacher_overlap, t.fused_optimizer = not args.no_overlap, not args.no_fused_sgd
-    t.device_data, t.bf16, t.compile = not args.no_device_data, not args.no_bf16, args.compile
-    t.cpu_bf16, t.compile_mode = args.cpu_bf16, args.compile_mode
+    t.device_data, t.precision, t.compile = not args.no_device_data, args.precision, bool(args.compile)
+    t.compile_mode = args.compile_mode
     if args.cpu_chunk_rows is not None:
         t.cpu_chunk_rows = args.cpu_chunk_rows
     return cfg
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> float:
           f"{args.warmup} warm-up")
     print(f"project: channels_last={setup.channels_last} inference_mode={cfg.train.inference_mode} "
           f"overlap={setup.overlap} chunk_rows={setup.chunk_rows} fused_sgd={cfg.train.fused_optimizer} "
-          f"autocast={setup.autocast} "
-          f"compile={cfg.train.compile and cfg.train.compile_mode} device_data={not args.no_device_data}")
+          f"precision={setup.precision.value} ({setup.precision.reason}) "
+          f"compile={setup.compile.value} device_data={not args.no_device_data}")
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
 
     for _ in range(args.warmup):

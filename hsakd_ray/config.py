@@ -97,10 +97,12 @@ class TrainConfig:
     output_dir: str = "./outputs"          # where runs write checkpoints
     checkpoint_every: int = field(default=1, metadata=_range(1))
     channels_last: bool = True             # fast path: NHWC memory format (faster convs on GPU and AVX-512 CPUs)
-    bf16: bool = True                      # fast path on GPU: bf16 autocast (ignored on CPU)
-    cpu_bf16: bool = False                 # bf16 autocast on CPU too: ~2x on AVX512-BF16 CPUs; off: fp32
-    compile: bool = False                  # fast path: torch.compile the student and teacher
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (engine/fastpath.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: torch.compile on CUDA when the job has enough steps to repay compiling (engine/fastpath.py), else eager
+    compile: bool | Literal["auto"] = "auto"
+    # torch.compile's mode when compiling; auto: reduce-overhead (CUDA graphs) on CUDA, default on CPU
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
     inference_mode: bool = True            # fast path: frozen teacher under torch.inference_mode (else no_grad)
     teacher_overlap: bool = True           # fast path on CPU: teacher's next batch on its own threads during the step
     cpu_chunk_rows: int = field(default=64, metadata=_range(0))  # fast path on CPU: teacher/eval forward in chunks
@@ -206,6 +208,13 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
         raise ConfigError(f"{key} must be in {allowed}, got {value!r}")
 
 
+# Keys of earlier versions, refused with the key that replaced them.
+RENAMED_KEYS = {
+    "train.bf16": "use train.precision (auto, fp32 or bf16; auto is bf16 on CUDA)",
+    "train.cpu_bf16": "use train.precision (auto, fp32 or bf16; auto is bf16 on CPUs with native bf16)",
+}
+
+
 def _build(cls: type, raw: Any, prefix: str, base: Any = None) -> Any:
     """``base`` (default ``cls()``) with the keys of ``raw`` replaced; nested sections start from ``base``'s own
     value, so a section given in part keeps the schema's defaults for that section (teacher.arch is wrn_40_2)."""
@@ -217,6 +226,8 @@ def _build(cls: type, raw: Any, prefix: str, base: Any = None) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"config key {key!r} was replaced: {RENAMED_KEYS[key]}")
         raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(fields)}")
     values = {}
     for name, value in raw.items():

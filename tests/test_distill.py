@@ -149,3 +149,30 @@ def test_metrics_count_topk_and_head_accuracies():
     assert m["head_0_ssl_acc"] == pytest.approx(100 * 7 / 8)
     assert m["head_0_class_acc"] == pytest.approx(100 * 7 / 8)
     assert head_class_logits(torch.arange(8.0).reshape(1, 8)).tolist() == [[6.0, 22.0]]
+
+
+def test_losses_are_fp32_under_bf16_autocast_and_equal_the_fp32_loss_of_the_upcast_logits(batch):
+    """Soft targets, KL and CE in fp32 even when the networks ran under CPU bf16 autocast (bf16 logits in)."""
+    b = batch
+    low = {k: (v.bfloat16() if k not in ("y", "joint") else v) for k, v in b.items() if not k.endswith("aux")}
+    low_aux = {k: [q.bfloat16() for q in b[k]] for k in ("s_aux", "t_aux")}
+    up = {k: v.float() for k, v in low.items()}
+    up_aux = {k: [q.float() for q in v] for k, v in low_aux.items()}
+    y, joint = b["y"], b["joint"]
+    calls = {
+        "student": lambda s, t, sa, ta: student_loss(s, sa, t, ta, y, head_temperature=2.0),
+        "kd": lambda s, t, sa, ta: kd_loss(s[::4], t[::4], y),
+        "ce": lambda s, t, sa, ta: ce_loss(s[::4], y),
+        "teacher": lambda s, t, sa, ta: teacher_loss(t, ta, y, joint),
+        "mutual": lambda s, t, sa, ta: mutual_loss(s, sa, t, ta, y, joint),
+    }
+    for name, call in calls.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = call(low["s"], low["t"], low_aux["s_aux"], low_aux["t_aux"])
+        exact = call(up["s"], up["t"], up_aux["s_aux"], up_aux["t_aux"])
+        for part, value in mixed.items():
+            assert value.dtype == torch.float32, (name, part)
+            assert torch.equal(value, exact[part]), (name, part)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kl = kl_div_t(low["t"], low["s"], 3.0)
+    assert kl.dtype == torch.float32 and torch.equal(kl, kl_div_t(up["t"], up["s"], 3.0))

@@ -347,6 +347,24 @@ def test_train_state_loads_with_weights_only_and_restores_the_rngs(tmp_path):
     assert load_train_state(tmp_path) is None
 
 
+def test_a_checkpoint_stores_the_weights_once_and_old_checkpoints_still_resume(tmp_path):
+    cfg = tiny("train.epochs=1", "distill.method=mutual")
+    train_and_save(cfg, "distill", tmp_path / "run")
+    latest = tmp_path / "run" / "latest"
+    raw = torch.load(latest / "train_state.pt", weights_only=True)
+    assert "models" not in raw and raw["model_files"] == ["model", "peer"]
+    state = load_train_state(latest)
+    for name in ("model", "peer"):
+        on_disk = torch.load(latest / f"{name}.pt", weights_only=True)
+        assert state["models"][name].keys() == on_disk.keys()
+        assert all(torch.equal(state["models"][name][k], v) for k, v in on_disk.items())
+    # an earlier version's checkpoint: the weights inside train_state.pt as well; they are the ones resumed from
+    old = dict(raw, models={"model": {"marker": torch.ones(1)}})
+    del old["model_files"]
+    torch.save(old, latest / "train_state.pt")
+    assert torch.equal(load_train_state(latest)["models"]["model"]["marker"], torch.ones(1))
+
+
 # ---------------------------------------------------------------- learning-rate schedules
 
 def factors(cfg: OptimConfig, epochs: int) -> list[float]:

@@ -15,14 +15,24 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
-from hsakd_ray.config import Config, apply_overrides, config_from_dict
+from hsakd_ray.config import RENAMED_KEYS, Config, ConfigError, apply_overrides, config_from_dict
 from hsakd_ray.data import TensorImageDataset, as_tensors, tensor_augmentation
 from hsakd_ray.data.transforms import RandomCropFlip, Transformed
 from hsakd_ray.distill import rotate_batch
+from hsakd_ray.engine import run_job
 from hsakd_ray.engine.batches import DeviceBatches, sampler_order
-from hsakd_ray.engine.fastpath import overlap_threads, teacher_split
+from hsakd_ray.engine.fastpath import (
+    COMPILE_MIN_STEPS,
+    COMPILE_SECONDS_ASSUMED,
+    CUDA_GRAPH_STEP_GAIN_S,
+    cpu_flags,
+    overlap_threads,
+    resolve_compile,
+    resolve_precision,
+    teacher_split,
+)
 from hsakd_ray.engine.loop import evaluate, train_epoch
-from hsakd_ray.engine.runner import Runtime, make_batches, setup_step
+from hsakd_ray.engine.runner import Runtime, StepSetup, make_batches, setup_step
 from hsakd_ray.engine.tasks import DistillTask
 from hsakd_ray.models import build_model
 
@@ -110,7 +120,7 @@ FP32_PATHS = {
 @pytest.mark.parametrize("path", FP32_PATHS)
 def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, path, overlap):
     ref_loss, ref_grads = reference_gradients(pair)
-    loss, grads = project_gradients(pair, *FP32_PATHS[path], overlap=overlap)
+    loss, grads = project_gradients(pair, "train.precision=fp32", *FP32_PATHS[path], overlap=overlap)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
@@ -121,7 +131,7 @@ def test_fast_path_loss_and_gradients_match_the_reference_step_in_fp32(pair, pat
 @pytest.mark.parametrize("path", FP32_PATHS)
 def test_cuda_fast_path_in_fp32_matches_the_reference_step(pair, path, strict_fp32):
     ref_loss, ref_grads = reference_gradients(pair, "cuda")
-    loss, grads = project_gradients(pair, "train.bf16=false", *FP32_PATHS[path], device="cuda")
+    loss, grads = project_gradients(pair, "train.precision=fp32", *FP32_PATHS[path], device="cuda")
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -164,7 +174,7 @@ def test_evaluation_in_chunks_counts_the_same(pair):
 
 def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_autocast(pair):
     teacher, student, batches = pair
-    cfg = config_from_dict({"train": {"cpu_bf16": True}})
+    cfg = config_from_dict({"train": {"precision": "bf16"}})
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
     setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
     threads, prepare = torch.get_num_threads(), task.prepare
@@ -185,19 +195,19 @@ def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_
 
 
 BF16_PATHS = {
-    "cpu-in-turn": ("cpu", ["train.cpu_bf16=true"], None),
-    "cpu-teacher-ahead": ("cpu", ["train.cpu_bf16=true"], (1, 1)),
-    "cuda-default": ("cuda", [], None),  # train.bf16 is on by default
+    "cpu-in-turn": ("cpu", ["train.precision=bf16"], None),
+    "cpu-teacher-ahead": ("cpu", ["train.precision=bf16"], (1, 1)),
+    "cuda-default": ("cuda", [], None),  # train.precision=auto is bf16 on CUDA
 }
 
 
 @pytest.mark.parametrize("path", [pytest.param(k, marks=CUDA) if v[0] == "cuda" else k for k, v in BF16_PATHS.items()])
 def test_bf16_autocast_step_stays_within_stated_tolerance_of_the_fp32_reference(pair, path, strict_fp32):
-    """bf16 (``train.cpu_bf16`` on CPU, ``train.bf16`` on CUDA): total loss within 5 %, every gradient pointing the
-    same way (cosine > 0.95) with a norm within 15 %. A bf16 mantissa has 8 bits, and the KL terms, small differences
-    of near-equal distributions, move by up to ~35 % each at initialisation. The norm bound is measured: over 12
-    initialisation seeds of this pair on CPU the worst parameter's gradient norm differed by 12.4 % (a BN weight of
-    the stem; 10 % held only for some seeds)."""
+    """bf16 (``train.precision=bf16`` on CPU, the ``auto`` default on CUDA): total loss within 5 %, every gradient
+    pointing the same way (cosine > 0.95) with a norm within 15 %. A bf16 mantissa has 8 bits, and the KL terms, small
+    differences of near-equal distributions, move by up to ~35 % each at initialisation. The norm bound is measured:
+    over 12 initialisation seeds of this pair on CPU the worst parameter's gradient norm differed by 12.4 % (a BN
+    weight of the stem; 10 % held only for some seeds)."""
     device, overrides, overlap = BF16_PATHS[path]
     ref_loss, ref_grads = reference_gradients(pair, device)
     loss, grads = project_gradients(pair, *overrides, overlap=overlap, device=device)
@@ -366,3 +376,117 @@ def test_cuda_job_with_compiled_cuda_graphs_trains_like_the_eager_job(tmp_path):
     assert graphs.keys() == eager.keys()
     assert graphs["train/loss"] == pytest.approx(eager["train/loss"], rel=5e-2)
     assert 0.0 <= graphs["test/top1"] <= 100.0
+
+
+# ---------------------------------------------------------------- precision and compiling, resolved per job
+
+def test_precision_auto_resolves_by_device_and_cpu_capability():
+    assert resolve_precision("auto", "cuda", frozenset()).value == "bf16"
+    for flags in ({"avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}):
+        assert resolve_precision("auto", "cpu", flags).value == "bf16"
+    assert resolve_precision("auto", "cpu", {"avx512f", "avx2"}).value == "fp32"
+    assert resolve_precision("auto", "cpu", set()).value == "fp32"
+    assert resolve_precision("fp32", "cuda", frozenset()).value == "fp32"
+    assert resolve_precision("bf16", "cpu", set()).value == "bf16"
+    assert "avx512_bf16" in resolve_precision("auto", "cpu", {"avx512_bf16"}).reason
+
+
+def test_old_precision_switches_are_refused_naming_train_precision():
+    for key in ("train.bf16=false", "train.cpu_bf16=true"):
+        with pytest.raises(ConfigError, match=r"train\.precision"):
+            config_from_dict(apply_overrides({}, [key]))
+
+
+def logits_dtypes(pair, *overrides: str) -> tuple[StepSetup, set[torch.dtype]]:
+    """The job's step setup and the dtypes of the student's logits inside ``train_epoch``'s steps."""
+    teacher, student, batches = pair
+    cfg = config_from_dict(apply_overrides({}, list(overrides)))
+    task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
+    setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
+    seen: set[torch.dtype] = set()
+    task.network.register_forward_hook(lambda module, args, out: seen.add(out[0].dtype))
+    train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, setup.autocast)
+    return setup, seen
+
+
+def test_the_chosen_precision_is_the_one_the_step_computes_in(pair):
+    setup, seen = logits_dtypes(pair, "train.precision=bf16")
+    assert setup.precision.value == "bf16" and seen == {torch.bfloat16}
+    setup, seen = logits_dtypes(pair, "train.precision=fp32")
+    assert setup.precision.value == "fp32" and setup.autocast is None and seen == {torch.float32}
+    setup, seen = logits_dtypes(pair)  # auto: decided by this machine's CPU
+    expected = resolve_precision("auto", "cpu", cpu_flags()).value
+    assert setup.precision.value == expected
+    assert seen == {torch.bfloat16 if expected == "bf16" else torch.float32}
+
+
+def test_compile_auto_compiles_on_cuda_only_when_the_job_repays_it():
+    assert resolve_compile("auto", "auto", "cuda", COMPILE_MIN_STEPS).value == "reduce-overhead"
+    assert resolve_compile("auto", "auto", "cuda", COMPILE_MIN_STEPS - 1).value == "eager"
+    assert resolve_compile("auto", "auto", "cpu", 10 * COMPILE_MIN_STEPS).value == "eager"
+    assert resolve_compile("auto", "default", "cuda", 10 * COMPILE_MIN_STEPS).value == "default"
+    assert resolve_compile(True, "auto", "cpu", 1).value == "default"
+    assert resolve_compile(False, "auto", "cuda", 10 * COMPILE_MIN_STEPS).value == "eager"
+    # the threshold is the stated rule: twice the assumed compile seconds over the measured per-step gain
+    assert COMPILE_MIN_STEPS == pytest.approx(2 * COMPILE_SECONDS_ASSUMED / CUDA_GRAPH_STEP_GAIN_S, rel=0.05)
+
+
+def test_a_compile_failure_trains_eagerly_with_a_warning(tmp_path, monkeypatch):
+    """torch.compile raising (an unsupported platform, a broken backend) must leave a job that trains."""
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("injected: compiler unavailable")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    lines: list[str] = []
+    cfg = tiny_job("train.compile=true", "train.epochs=1", "teacher.arch=resnet8", "teacher.aux_stages=all")
+    with pytest.warns(UserWarning, match="injected: compiler unavailable"):
+        metrics = run_job(cfg, "teacher", Runtime(log=lines.append))
+    assert metrics["compile"] == "eager" and metrics["train/loss"] > 0
+    assert len(lines) == 1 and "compile eager (train.compile=true, but compiling failed)" in lines[0]
+    assert f"precision {metrics['precision']}" in lines[0]
+
+
+def test_a_backend_failure_when_the_compiled_graph_first_runs_trains_eagerly(tmp_path, monkeypatch):
+    """Compiling is lazy: inductor failing at the first forward (no C compiler, a backend bug) must not fail the job."""
+    import torch._dynamo
+    import torch._inductor.compile_fx
+
+    def broken_backend(*args, **kwargs):
+        raise RuntimeError("injected: inductor failed")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_backend)
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # restored after the test
+    torch._dynamo.reset()
+    cfg = tiny_job("train.compile=true", "train.epochs=1", "teacher.arch=resnet8", "teacher.aux_stages=[1]",
+                   "train.precision=fp32")
+    metrics = run_job(cfg, "teacher", Runtime(log=lambda line: None))
+    torch._dynamo.reset()
+    assert metrics["compile"] == "default" and metrics["train/loss"] > 0 and 0 <= metrics["test/top1"] <= 100
+
+
+def test_old_precision_switch_is_a_one_line_cli_error(tmp_path):
+    import subprocess
+    import sys
+
+    from hsakd_ray.config import dump_config
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(dump_config(Config()).replace("precision: auto", "bf16: false"))
+    done = subprocess.run([sys.executable, "-m", "hsakd_ray.cli", "teacher", str(config), "--local"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"hsakd-ray: error: config key 'train.bf16' was replaced: {RENAMED_KEYS['train.bf16']}"]
+
+
+def test_fast_path_choices_are_tagged_on_the_jobs_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from hsakd_ray.tracking.epoch_logger import MLflowEpochLogger
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("fast-path")).info.run_id
+    callback = MLflowEpochLogger(client.tracking_uri, run_id)
+    callback.after_report(None, [{"epoch": 1, "train/loss": 1.0, "precision": "bf16", "compile": "eager"}], None)
+    tags = client.get_run(run_id).data.tags
+    assert tags["hsakd.precision"] == "bf16" and tags["hsakd.compile"] == "eager"

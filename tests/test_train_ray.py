@@ -36,6 +36,7 @@ import hsakd_ray
 from hsakd_ray.config import config_from_dict, config_to_dict, flatten, load_config
 from hsakd_ray.engine import Runtime, load_train_state, read_meta, run_job
 from hsakd_ray.engine.checkpoint import load_tensor_file
+from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
 from hsakd_ray.engine.selection import is_summary_metric
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs
@@ -244,6 +245,10 @@ def test_teacher_job_is_one_complete_mlflow_run(reference_teacher, workspace, sq
     assert [r.info.run_id for r in run_by_name(client, "teacher-ref")] == [teacher_id]
     assert_job_run(client, teacher_id, reference_teacher["config"], "teacher", "scratch", storage)
     assert_one_value_per_epoch(client, teacher_id, teacher_metrics())
+    # what the worker's fast path resolved train.precision / train.compile to (auto on a CPU worker)
+    tags = client.get_run(teacher_id).data.tags
+    assert tags["hsakd.precision"] == resolve_precision("auto", "cpu", cpu_flags()).value
+    assert tags["hsakd.compile"] == "eager"
 
     # evaluated on the test set: no metric ranks checkpoints, so Ray keeps only the latest and the run's checkpoint
     # artifact is the last epoch's (never chosen by test accuracy); the run reports last and best-epoch test top-1

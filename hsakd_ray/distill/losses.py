@@ -1,7 +1,8 @@
 """HSAKD losses as pure functions on logits (docs/method.md, "Losses").
 
 Each returns a dict of scalar tensors: the total under ``"loss"``, every part under its own name, so each part can
-be logged as a metric and each weight tuned.
+be logged as a metric and each weight tuned. Every loss is computed in fp32 from logits upcast with ``.float()``,
+also when the networks ran under bf16 autocast: soft targets, KL and cross-entropy never round to bf16.
 """
 from __future__ import annotations
 
@@ -14,18 +15,22 @@ from .rotation import unrotated
 
 
 def kl_div_t(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes and averaged over rows."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes and averaged over rows.
+
+    Always in fp32, also under bf16 autocast: the logits are upcast first, so the soft targets and the KL (a small
+    difference of near-equal distributions) never round to bf16's 8-bit mantissa.
+    """
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
 def teacher_loss(logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], y: torch.Tensor,
                  joint_y: torch.Tensor) -> dict[str, torch.Tensor]:
     """``CE(p[k=0], y) + sum_l CE(q_l, joint_y)`` on an augmented batch."""
-    parts = {"ce": F.cross_entropy(unrotated(logits), y)}
+    parts = {"ce": F.cross_entropy(unrotated(logits).float(), y)}
     for i, q in enumerate(aux_logits):
-        parts[f"aux_ce_{i}"] = F.cross_entropy(q, joint_y)
+        parts[f"aux_ce_{i}"] = F.cross_entropy(q.float(), joint_y)
     parts["loss"] = sum(parts.values())
     return parts
 
@@ -49,14 +54,14 @@ def student_loss(s_logits: torch.Tensor, s_aux: Sequence[torch.Tensor], t_logits
     if len(s_aux) != len(t_aux):
         raise ValueError(f"{len(s_aux)} student heads but {len(t_aux)} teacher heads to pair with")
     head_t = temperature if head_temperature is None else head_temperature
-    parts = {"ce": F.cross_entropy(unrotated(s_logits), y)}
+    parts = {"ce": F.cross_entropy(unrotated(s_logits).float(), y)}
     weights = _head_weights(head_weights, len(s_aux))
     head_terms = []
     for i, (q_s, q_t, w) in enumerate(zip(s_aux, t_aux, weights)):
         parts[f"kl_head_{i}"] = kl_div_t(q_t, q_s, head_t)
         head_terms.append(w * parts[f"kl_head_{i}"])
     parts["kl_final"] = kl_div_t(t_logits, s_logits, temperature)
-    heads = torch.stack(head_terms).sum() if head_terms else s_logits.new_zeros(())
+    heads = torch.stack(head_terms).sum() if head_terms else s_logits.new_zeros((), dtype=torch.float32)
     parts["loss"] = parts["ce"] + alpha * heads + beta * parts["kl_final"]
     return parts
 
@@ -64,14 +69,14 @@ def student_loss(s_logits: torch.Tensor, s_aux: Sequence[torch.Tensor], t_logits
 def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
             beta: float = 1.0) -> dict[str, torch.Tensor]:
     """Plain Hinton KD on unrotated images: ``CE(s, y) + beta * KL_T(t || s)``."""
-    parts = {"ce": F.cross_entropy(s_logits, y), "kl_final": kl_div_t(t_logits, s_logits, temperature)}
+    parts = {"ce": F.cross_entropy(s_logits.float(), y), "kl_final": kl_div_t(t_logits, s_logits, temperature)}
     parts["loss"] = parts["ce"] + beta * parts["kl_final"]
     return parts
 
 
 def ce_loss(s_logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """The student alone: cross-entropy on unrotated images."""
-    ce = F.cross_entropy(s_logits, y)
+    ce = F.cross_entropy(s_logits.float(), y)
     return {"ce": ce, "loss": ce}
 
 
@@ -93,6 +98,7 @@ def mutual_loss(own_logits: torch.Tensor, own_aux: Sequence[torch.Tensor], peer_
         parts[f"kl_head_{i}"] = kl_div_t(q_peer.detach(), q, head_t)
     parts["kl_final"] = kl_div_t(peer_logits.detach(), own_logits, temperature)
     ce_terms = parts["ce"] + sum(v for k, v in parts.items() if k.startswith("aux_ce_"))
-    kl_heads = sum((v for k, v in parts.items() if k.startswith("kl_head_")), own_logits.new_zeros(()))
+    zero = own_logits.new_zeros((), dtype=torch.float32)
+    kl_heads = sum((v for k, v in parts.items() if k.startswith("kl_head_")), zero)
     parts["loss"] = ce_terms + alpha * kl_heads + beta * parts["kl_final"]
     return parts

@@ -1,5 +1,6 @@
 """Checkpoint directories: ``model.pt`` (weights), ``config.yaml`` (resolved config), ``meta.json`` (arch, classes,
-placement, metrics) and, for resuming, ``train_state.pt``. Written atomically, loaded with ``weights_only=True``."""
+placement, metrics) and, for resuming, ``train_state.pt`` (optimizer, scheduler, RNG; the weights stay in ``model.pt``
+only). Written atomically, loaded with ``weights_only=True``."""
 from __future__ import annotations
 
 import json
@@ -108,9 +109,21 @@ def _tensors_to_arrays(obj: Any) -> Any:
 
 
 def load_train_state(path: str | Path) -> dict | None:
-    """The optimizer, scheduler, RNG and model states saved for resuming (None when the checkpoint has none)."""
-    file = Path(path) / STATE_FILE
-    return _tensors_to_arrays(load_tensor_file(file)) if file.is_file() else None
+    """The optimizer, scheduler, RNG and model states saved for resuming (None when the checkpoint has none).
+
+    The weights are stored once, in ``model.pt`` (and ``peer.pt`` ...): ``train_state.pt`` names those files
+    (``model_files``) and they are read back into ``models`` here. Checkpoints of earlier versions, whose
+    ``train_state.pt`` holds the weights itself under ``models``, load as they are.
+    """
+    path = Path(path)
+    file = path / STATE_FILE
+    if not file.is_file():
+        return None
+    state = _tensors_to_arrays(load_tensor_file(file))
+    if "models" not in state:
+        names = state.pop("model_files", ["model"])
+        state["models"] = {name: load_tensor_file(path / f"{name}.pt") for name in names}
+    return state
 
 
 def _remap_heads(state: dict, stored: Sequence[int], wanted: Sequence[int]) -> dict:

@@ -1,4 +1,5 @@
-"""CPU thread settings of the fast path: threads per worker, and whether the frozen teacher runs on its own threads.
+"""The fast path's decisions: precision (``train.precision``), compiling (``train.compile``), CPU threads per worker,
+and whether the frozen teacher runs on its own threads. Each ``resolve_*`` is a pure function of what it is given.
 
 On a CPU the teacher's forward (it needs no gradients) can run for the next batch while the student trains on this
 one, each on its share of the worker's cores (``train.teacher_overlap``). Two independent thread teams need no
@@ -10,6 +11,9 @@ would idle, and intra-op threads on the whole step win: ``overlap_threads`` deci
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -87,3 +91,101 @@ def teacher_split(teacher: nn.Module, student: nn.Module, image_size: int, threa
     device = next(teacher.parameters()).device
     rows = torch.zeros(4, 3, image_size, image_size, device=device)
     return overlap_threads(forward_flops(teacher, rows), 3 * forward_flops(student, rows), threads)
+
+
+# ---------------------------------------------------------------- precision
+
+# CPU feature flags (as /proc/cpuinfo names them) that give native bf16 arithmetic: bf16 autocast is then about 2x
+# the fp32 step (README, Performance); without them bf16 is emulated and may be slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Whether ``auto`` picks bf16 on such CPUs: only because bf16 reached fp32's accuracy within seed noise on real data
+# (benchmarks/bf16_accuracy.py, results in benchmarks/results/bf16_accuracy.md). Set False if a rerun shows a cost.
+CPU_AUTO_BF16 = True
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (Linux); else what torch reports about bf16 (empty if nothing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return frozenset({"avx512_bf16"}) if probe is not None and probe() else frozenset()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A resolved fast-path setting and why it was chosen (logged per job, tagged on its MLflow run)."""
+
+    value: str
+    reason: str
+
+
+def resolve_precision(setting: str, device_type: str, flags: frozenset[str] | set[str]) -> Choice:
+    """``train.precision`` for a job on ``device_type`` whose CPU has feature ``flags``: "bf16" (autocast) or "fp32"."""
+    if setting != "auto":
+        return Choice(setting, f"train.precision={setting}")
+    if device_type == "cuda":
+        return Choice("bf16", "auto: CUDA")
+    if device_type == "cpu":
+        native = sorted(NATIVE_BF16_FLAGS & set(flags))
+        if native and CPU_AUTO_BF16:
+            return Choice("bf16", f"auto: CPU with native bf16 ({', '.join(native)})")
+        return Choice("fp32", "auto: CPU without native bf16 (no avx512_bf16 / amx_bf16)" if not native
+                      else "auto: CPU bf16 off (CPU_AUTO_BF16)")
+    return Choice("fp32", f"auto: {device_type}")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+# ---------------------------------------------------------------- compiling
+
+# When ``train.compile=auto`` compiles: on CUDA, once the job's training steps repay the compile time with a margin.
+# Per-step gain, measured on an H200 (README, Performance; WRN-40-2 -> WRN-16-2, batch 64): the eager default step
+# is 64 / 2912 img/s = 22.0 ms, the CUDA-graph step (reduce-overhead) 64 / 8724 img/s (mean of two runs) = 7.3 ms,
+# so 14.7 ms saved per step. Compile time: NOT measured (no GPU on this project's machine); taken as 120 s for the
+# teacher and student (forward and backward graphs, CUDA-graph capture) and counted twice as a margin:
+# 2 * 120 s / 14.7 ms = 16,300 steps, rounded to 16,000. A CIFAR job of batch 64 (782 steps an epoch) compiles
+# from 21 epochs on; a digits job (23 steps an epoch) never does. On CPU compiling measured no gain (1.13 vs 1.14).
+COMPILE_SECONDS_ASSUMED = 120.0
+CUDA_GRAPH_STEP_GAIN_S = 64 / 2912 - 64 / 8724
+COMPILE_MIN_STEPS = 16_000
+
+
+def resolve_compile(setting: bool | str, mode: str, device_type: str, steps: int) -> Choice:
+    """``train.compile`` / ``train.compile_mode`` for a job of ``steps`` training steps on ``device_type``: the
+    torch.compile mode to use, or "eager"."""
+    chosen = mode if mode != "auto" else ("reduce-overhead" if device_type == "cuda" else "default")
+    if setting is True:
+        return Choice(chosen, "train.compile=true")
+    if setting is False:
+        return Choice("eager", "train.compile=false")
+    if device_type != "cuda":
+        return Choice("eager", f"auto: eager on {device_type} (compiling measured no gain on CPU)")
+    if steps < COMPILE_MIN_STEPS:
+        return Choice("eager", f"auto: {steps} steps < {COMPILE_MIN_STEPS} (too short to repay compiling)")
+    return Choice(chosen, f"auto: {steps} steps >= {COMPILE_MIN_STEPS}")
+
+
+def compile_or_eager(modules: list[nn.Module], mode: str, warn: Callable[[str], None] = warnings.warn) -> str:
+    """``torch.compile`` every module in place with ``mode``; "eager" with a warning if compiling fails.
+
+    A failure when the compiled graph first runs (a backend error) also falls back to eager: dynamo's
+    ``suppress_errors`` runs the frame eagerly and logs it. Returns the mode in effect.
+    """
+    try:
+        for module in modules:
+            module.compile(mode=mode)
+    except Exception as exc:  # noqa: BLE001 -- any compile failure must leave a working eager job
+        for module in modules:
+            module._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+        warn(f"torch.compile failed, training eagerly instead: {type(exc).__name__}: {exc}")
+        return "eager"
+    torch._dynamo.config.suppress_errors = True
+    return mode
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,17 @@ from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
 from .batches import DeviceBatches
 from .checkpoint import write_checkpoint
-from .fastpath import chunk_rows, configure_threads, teacher_split
+from .fastpath import (
+    Choice,
+    autocast_dtype,
+    chunk_rows,
+    compile_or_eager,
+    configure_threads,
+    cpu_flags,
+    resolve_compile,
+    resolve_precision,
+    teacher_split,
+)
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, build_scheduler
 from .tasks import Task, build_task
@@ -37,7 +48,8 @@ class Runtime:
     world_size: int = 1
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m
     report: Reporter | None = None
-    resume_state: dict | None = None  # a checkpoint's train_state.pt plus its model states
+    resume_state: dict | None = None  # a checkpoint's ``load_train_state``: train state plus its model states
+    log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))  # rank 0's job-level lines
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,11 +154,20 @@ class StepSetup:
     autocast: torch.dtype | None
     overlap: tuple[int, int] | None  # (teacher, student) intra-op threads when the teacher runs a batch ahead
     chunk_rows: int                  # rows per eval-mode forward (0: whole batches)
+    precision: Choice = Choice("fp32", "")
+    compile: Choice = Choice("eager", "")
+
+    def describe(self) -> str:
+        """One log line: what was chosen and why."""
+        return (f"precision {self.precision.value} ({self.precision.reason}); "
+                f"compile {self.compile.value} ({self.compile.reason})")
 
 
-def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -> StepSetup:
+def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int, steps: int = 0,
+               warn: Callable[[str], None] = warnings.warn) -> StepSetup:
     """Move the task's networks to ``device`` and apply the fast path of ``cfg.train``: memory format, CPU threads,
-    teacher overlap, ``torch.compile``, fused SGD, bf16 autocast (CUDA; CPU only when asked), CPU forward chunks."""
+    teacher overlap, ``torch.compile`` (``steps``: the job's training steps, for ``compile=auto``), fused SGD,
+    precision (bf16 autocast or fp32), CPU forward chunks."""
     fast = cfg.train
     teacher = getattr(task, "teacher", None)
     networks = [m for m in [*task.trainable_modules(), teacher] if m is not None]
@@ -156,14 +177,16 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int) -
     overlap = None
     if teacher is not None and fast.teacher_overlap and device.type == "cpu":
         overlap = teacher_split(teacher, task.network, image_size, threads)
-    if fast.compile:
-        for module in networks:
-            module.compile(mode=fast.compile_mode)
+    compiled = resolve_compile(fast.compile, fast.compile_mode, device.type, steps)
+    if compiled.value != "eager":
+        mode = compile_or_eager(networks, compiled.value, warn)
+        if mode == "eager":
+            compiled = Choice("eager", f"{compiled.reason}, but compiling failed")
     params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
-    bf16 = fast.bf16 if device.type == "cuda" else fast.cpu_bf16 and device.type == "cpu"
-    autocast = torch.bfloat16 if bf16 else None
-    return StepSetup(optimizer, fast.channels_last, autocast, overlap, chunk_rows(fast.cpu_chunk_rows, device))
+    precision = resolve_precision(fast.precision, device.type, cpu_flags() if device.type == "cpu" else frozenset())
+    return StepSetup(optimizer, fast.channels_last, autocast_dtype(precision.value), overlap,
+                     chunk_rows(fast.cpu_chunk_rows, device), precision, compiled)
 
 
 def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
@@ -172,10 +195,14 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data)
     task = build_task(kind, cfg, data.num_classes)
-    setup = setup_step(task, cfg, rt.device, data.image_size)
+    train_loader, eval_loader = make_batches(data, cfg, rt)
+    start_epoch = int(rt.resume_state["epoch"]) if rt.resume_state is not None else 0
+    steps = (cfg.train.epochs - start_epoch) * len(train_loader)
+    setup = setup_step(task, cfg, rt.device, data.image_size, steps)
+    if rt.rank == 0:
+        rt.log(f"{kind} job: {setup.describe()}")
     optimizer, fast, autocast = setup.optimizer, setup.channels_last, setup.autocast
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
-    start_epoch = 0
     if rt.resume_state is not None:
         state = rt.resume_state
         task.load_state_dicts(state["models"])
@@ -183,9 +210,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         adopt_base_lr(optimizer, scheduler, cfg.optim.lr)
         set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
     task.wrap(rt.wrap)
-    train_loader, eval_loader = make_batches(data, cfg, rt)
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     cycle_start = time.perf_counter()
@@ -199,13 +224,14 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
                 metrics[f"{prefix}{data.eval_split}/{k}"] = v
         now = time.perf_counter()
         # all-in seconds per epoch: training, evaluation, and the previous epoch's report and checkpoint
-        metrics.update(epoch=epoch, lr=lr, epoch_total_time=now - cycle_start)
+        metrics.update(epoch=epoch, lr=lr, epoch_total_time=now - cycle_start, precision=setup.precision.value,
+                       compile=setup.compile.value)
         cycle_start = now
 
         def save(path: str | Path, epoch: int = epoch, metrics: dict = dict(metrics)) -> Path:  # noqa: B006
-            states = task.state_dicts()
+            states = task.state_dicts()  # written once, as model.pt (peer.pt ...); train_state.pt names the files
             train_state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": rng_state(), "models": states}
+                           "scheduler": scheduler.state_dict(), "rng": rng_state(), "model_files": list(states)}
             extra = {k: v for k, v in states.items() if k != "model"}
             return write_checkpoint(path, model_state=states["model"], extra=extra, config_yaml=config_yaml,
                                     meta=checkpoint_meta(kind, cfg, task, epoch, metrics), train_state=train_state)

@@ -29,6 +29,13 @@ from .runs import log_epoch, logged_epochs
 FAILURES_TAG, RESUMED_TAG = "hsakd.worker_failures", "hsakd.resumed_at_epochs"
 BACKFILLED_TAG = "hsakd.backfilled_epochs"
 REPORTED_EPOCHS_FILE = "reported_epochs.json"
+# what the job's fast path resolved ``train.precision`` / ``train.compile`` to: reported key -> run tag
+FAST_PATH_TAGS = {"precision": "hsakd.precision", "compile": "hsakd.compile"}
+
+
+def fast_path_tags(metrics: dict) -> dict[str, str]:
+    """The run tags saying which precision and compile mode the job ran with (from its reported metrics)."""
+    return {tag: str(metrics[key]) for key, tag in FAST_PATH_TAGS.items() if key in metrics}
 
 
 def write_reported_epochs(checkpoint_dir: str | Path, reported: list[dict]) -> None:
@@ -67,6 +74,7 @@ class MLflowEpochLogger(UserCallback):
         self._pending: dict[int, tuple[dict, int]] = {}  # epoch -> (metrics, report time in ms)
         self._failures = 0
         self._expect_restart = True  # the first report of this controller may continue an earlier attempt
+        self._tags: dict[str, str] = {}
 
     def _connect(self):
         if self._client is None:
@@ -80,6 +88,11 @@ class MLflowEpochLogger(UserCallback):
         client = self._connect()
         main = metrics[0]
         epoch = int(main["epoch"])
+        tags = fast_path_tags(main)
+        if tags and tags != self._tags:
+            for tag, value in tags.items():
+                client.set_tag(self.run_id, tag, value)
+            self._tags = tags
         if self._expect_restart:
             self._expect_restart = False
             if self._failures or self._logged:

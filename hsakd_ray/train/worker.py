@@ -11,7 +11,6 @@ import torch
 
 from ..config import config_from_dict
 from ..engine import Runtime, load_train_state, run_job
-from ..engine.checkpoint import load_tensor_file
 from ..engine.reporting import format_epoch
 from ..tracking.epoch_logger import write_reported_epochs
 
@@ -52,9 +51,7 @@ def _train_worker(config: dict, scratch: str) -> None:
         checkpoint = ray.train.Checkpoint(config["start_from"])  # another run's: a PBT donor
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            resume_state = load_train_state(ckpt_dir)
-            if resume_state is not None and "models" not in resume_state:
-                resume_state["models"] = {"model": load_tensor_file(Path(ckpt_dir) / "model.pt")}
+            resume_state = load_train_state(ckpt_dir)  # train state and model weights, in memory
         if rank == 0 and resume_state is not None:
             logger.info("resuming after epoch %d from %s", int(resume_state["epoch"]), checkpoint.path)
 
@@ -85,4 +82,4 @@ def _train_worker(config: dict, scratch: str) -> None:
         return ray.train.torch.prepare_model(module, move_to_device=False)
 
     run_job(cfg, kind, Runtime(device=device, rank=rank, world_size=world, wrap=wrap, report=report,
-                               resume_state=resume_state))
+                               resume_state=resume_state, log=logger.info))

@@ -14,13 +14,14 @@ from ray.tune import Callback
 
 from ..config import config_to_dict, flatten
 from ..tracking import runs as R
-from ..tracking.epoch_logger import backfill_epochs
+from ..tracking.epoch_logger import FAST_PATH_TAGS, backfill_epochs
 from .space import SearchSpace, trial_config
 
 EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
 
 TRIAL_TAG = "hsakd.trial_id"
-NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip"}  # result key -> run tag
+# result key -> run tag: the node rank 0 ran on, and the precision / compile mode its fast path resolved to
+NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip", **FAST_PATH_TAGS}
 
 
 class MLflowTrialLogger(Callback):
@@ -92,7 +93,8 @@ class MLflowTrialLogger(Callback):
         self.logged[trial.trial_id].add(epoch)
 
     def _tag_node(self, run_id: str, trial_id: str, result: dict) -> None:
-        """Tag the run with the node its Train worker (rank 0) ran on; again if a restart moved it."""
+        """Tag the run with the node its Train worker (rank 0) ran on and its precision / compile mode; again if a
+        restart changed them."""
         node = {tag: str(result[key]) for key, tag in NODE_TAGS.items() if key in result}
         if node and self.nodes.get(trial_id) != node:
             for tag, value in node.items():
