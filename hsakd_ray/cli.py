@@ -1,16 +1,16 @@
-"""Command line: argument parsing and error presentation only (one line, exit code 2, no traceback)."""
+"""Command line: argument parsing and error presentation only: a user error is one line and exit code 2, an
+internal error one line and exit code 1 (its traceback with --debug), an interrupt exit code 130."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
+import traceback
 from pathlib import Path
 
-from .cluster.errors import ClusterError
-from .config import ConfigError
-from .tracking.store import TrackingError
+from .errors import UserError, one_line
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError, TrackingError, ClusterError)
+DEBUG_ENV = "HSAKD_DEBUG"  # set to 1: an internal error prints its traceback (as --debug does)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -27,13 +27,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{arch:<20}{net.num_stages:>7}{backbone:>17,}{total:>16,}")
 
 
-def run_name(cfg, kind: str) -> str:
-    arch = cfg.teacher.arch if kind == "teacher" else cfg.student.arch
-    return cfg.tracking.run_name or f"{kind}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def cmd_job(args: argparse.Namespace) -> None:
-    from .config import load_config
+    from .config import load_config, run_name
 
     cfg = load_config(args.config, args.set, kind=args.command)
     if args.local:
@@ -42,7 +37,9 @@ def cmd_job(args: argparse.Namespace) -> None:
         from .engine.reporting import LocalReporter
         from .engine.runner import Runtime, resolve_device
         from .engine.selection import describe_kept, kept_metric
+        from .train.preflight import check_job
 
+        check_job(cfg, args.command, local=True)
         run_dir = Path(cfg.train.output_dir) / run_name(cfg, args.command)
         keep_by = kept_metric(cfg, args.command)
         reporter = LocalReporter(run_dir, cfg.train.epochs, cfg.train.checkpoint_every, keep_by=keep_by,
@@ -116,6 +113,8 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsakd-ray", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list architectures with stage and parameter counts")
     models.add_argument("--num-classes", type=int, default=100)
@@ -167,20 +166,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ev.set_defaults(func=cmd_evaluate)
+    for command in sub.choices.values():  # --debug also after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line), 1 an internal error (one line; the traceback with --debug or
+    HSAKD_DEBUG=1), 130 interrupted (Ctrl-C or SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"hsakd-ray: error: {message}", file=sys.stderr)
+    except UserError as exc:
+        print(f"hsakd-ray: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hsakd-ray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`hsakd-ray models | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"hsakd-ray: internal error: {type(exc).__name__}: {one_line(exc, 500)} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

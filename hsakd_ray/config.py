@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from .errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):
@@ -31,8 +34,6 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
@@ -307,7 +308,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"--set key {key!r} must be dotted: section.key")
-    return parts, _yaml_load(value) if value.strip() else None
+    if not value.strip():
+        return parts, None
+    try:
+        return parts, _yaml_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key.strip()}: value {value!r} is not valid YAML ({_yaml_problem(exc)}); "
+                          "quote a string, write a list as [1, 2]") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -327,22 +334,37 @@ def set_dotted(raw: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(exc, "problem", None) or exc).splitlines()[0]
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Safe-load a YAML mapping, with one-line errors for a missing or malformed file."""
+    """Safe-load a YAML mapping, with one-line errors for a missing, unreadable, binary, empty or malformed file."""
     path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {name!r} is a directory; give a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
+        raise ConfigError(f"config file {name!r} not found")
     try:
-        raw = _yaml_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {name!r} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name!r} is not a text file (not UTF-8): give a YAML config") from None
+    if "\0" in text:
+        raise ConfigError(f"config file {name!r} is not a text file (holds NUL bytes): give a YAML config")
+    try:
+        raw = _yaml_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(f"config file {str(path)!r}{where} is not valid YAML: {problem}") from None
+        raise ConfigError(f"config file {name!r} is not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"config file {name!r} is empty: it needs at least a data section "
+                          "(see docs/configuration.md or configs/)")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        raise ConfigError(f"config file {name!r} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
@@ -350,6 +372,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (), kind: str | 
     """The config of a ``kind`` job (teacher / distill / probe) from a YAML file and ``--set`` overrides."""
     raw = read_yaml(path) if path else {}
     return config_from_dict(apply_overrides(raw, list(overrides)), job_defaults(kind))
+
+
+def run_name(cfg: Config, kind: str) -> str:
+    """The job's name (its MLflow run, its Ray run directory, its local output directory): ``tracking.run_name`` or
+    ``KIND-ARCH-TIME``. Computed once per command; ``--resume`` needs ``tracking.run_name`` to find the run again."""
+    arch = cfg.teacher.arch if kind == "teacher" else cfg.student.arch
+    return cfg.tracking.run_name or f"{kind}-{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

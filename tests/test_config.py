@@ -301,10 +301,13 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path):
         load_config(path)
 
 
-def test_empty_file_is_all_defaults(tmp_path):
+@pytest.mark.parametrize("text", ["", "# nothing\n"])
+def test_empty_file_is_refused_not_all_defaults(tmp_path, text):
+    """An empty file used to run cifar100 from ./data with every default (issue 11): it is refused, by name."""
     path = tmp_path / "empty.yaml"
-    path.write_text("# nothing\n")
-    assert load_config(path) == Config()
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml' is empty"):
+        load_config(path)
 
 
 # ---------------------------------------------------------------- the reference stays in sync

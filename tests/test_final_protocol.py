@@ -19,7 +19,7 @@ from hsakd_ray.engine.reporting import LocalReporter
 from hsakd_ray.engine.selection import kept_metric, top1_summary
 from hsakd_ray.models import build_model
 from hsakd_ray.tracking import runs as R
-from hsakd_ray.train.job import kept_checkpoint, log_top1_summary
+from hsakd_ray.train.fit import kept_checkpoint, log_top1_summary
 from hsakd_ray.train.trainer import checkpoint_config
 from hsakd_ray.tune.experiment import final_teacher_for
 from hsakd_ray.tune.final import FINAL_TEACHER_TAG, final_teacher_config, final_teacher_name, prepare_final_teacher
@@ -245,7 +245,8 @@ def test_a_final_teacher_without_the_winners_heads_fails_the_parent_in_one_line(
     experiment_id = experiment(client, request)
     space = load_space(write_space(tmp_path))
     finished_teacher_run(client, experiment_id, "fin-final-teacher", tmp_path, aux_stages=[3])
-    parent = R.start_run(client, experiment_id, "fin", R.base_tags("tune", "fin"))
+    name = client.get_experiment(experiment_id).name
     with pytest.raises(ConfigError, match=r"needs teacher heads at stages \[1, 2\]"):
-        final_teacher_for(space, client, parent, None, {"distill.temperature": 4.0}, tmp_path / "exp")
-    assert client.get_run(parent).info.status == "FAILED"
+        with R.tracked_run(client, name, "fin", R.base_tags("tune", "fin")) as parent:  # as run_experiment does
+            final_teacher_for(space, client, parent.run_id, None, {"distill.temperature": 4.0}, tmp_path / "exp")
+    assert client.get_run(parent.run_id).info.status == "FAILED"

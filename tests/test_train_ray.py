@@ -489,3 +489,20 @@ def test_sigterm_driver_marks_killed_and_resume_finishes_the_same_run(mlflow_ser
     assert_one_value_per_epoch(client, run_id, teacher_metrics())
     assert_same_weights(final_weights(workspace, name), final_weights(workspace, "teacher-ref"))
     assert sum("epoch 2/2" in line for line in log.splitlines()) == 1  # each epoch line once in the driver log
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_job_the_running_cluster_can_never_fit_is_refused_once_joined(ray_cluster, workspace, sqlite_uri):
+    """Issue 11.1 on a Ray that is already up (2 CPUs, no autoscaler): refused in one line, no run created,
+    instead of a worker group that waits for a placement that never comes."""
+    from hsakd_ray.errors import ClusterError
+    from hsakd_ray.train.ray_session import check_cluster_resources
+
+    with pytest.raises(ClusterError, match=r"needs 3 CPUs \(1 worker x 3\) but the cluster has 2"):
+        check_cluster_resources({"CPU": 3.0}, 1, "a job")
+    check_cluster_resources({"CPU": 1.0}, 2, "a job")  # fits: no error
+    cfg = load_config(write_config(workspace / "huge.yaml", teacher_config(workspace, "teacher-huge")))
+    cfg.scaling.cpus_per_worker = 3.0
+    with pytest.raises(ClusterError, match=r"scaling: the teacher job needs 6 CPUs \(2 workers x 3\) but the cluster"):
+        run_ray_job(cfg, "teacher", tracking_uri=sqlite_uri)
+    assert not run_by_name(MlflowClient(sqlite_uri), "teacher-huge")

@@ -234,3 +234,66 @@ def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp
     restarts = list((tmp_path / "ray_results" / "pbt-trials").glob("*-from-*"))
     assert restarts, "no Train run was started from a donor checkpoint"
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+
+def steps_of_every_metric(client: MlflowClient, run) -> dict[str, list[int]]:
+    return {key: [m.step for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics}
+
+
+def test_ctrl_c_marks_the_sweep_killed_and_resume_from_a_relative_path_finishes_the_same_runs(tmp_path):
+    """Issue 11.2/11.3: SIGINT while a trial trains exits 130 with the parent and the unfinished trial KILLED and
+    every epoch the trial's checkpoints hold in MLflow; ``--resume ray_results/resume`` (relative, as README writes
+    it) finishes the same runs with no metric step logged twice in any run."""
+    from ray.train import Result
+
+    from hsakd_ray.tracking.epoch_logger import REPORTED_EPOCHS_FILE
+
+    epochs = 4
+    space = tiny_space(tmp_path, epochs=epochs)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log1.txt")
+    deadline = time.monotonic() + 600
+    while True:  # interrupt once a trial has logged an epoch and is still training
+        assert proc.poll() is None, (tmp_path / "log1.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial reported an epoch in time"
+        time.sleep(1)
+        exp = client.get_experiment_by_name("resume")
+        trials = client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'") if exp else []
+        if any(t.info.status == "RUNNING" and len(client.get_metric_history(t.info.run_id, "val/top1")) >= 1
+               for t in trials):
+            break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=300)
+    stopped_after = time.monotonic() - sent
+    log1 = (tmp_path / "log1.txt").read_text()
+    assert code == 130, log1[-3000:]
+    assert "--resume" in log1 and "hsakd-ray: interrupted" in log1
+    print(f"SIGINT to exit: {stopped_after:.1f} s")
+
+    runs = runs_by_kind(client, "resume")
+    (parent,), (teacher,) = runs["tune"], runs["teacher"]
+    assert parent.info.status == "KILLED" and teacher.info.status == "FINISHED"
+    interrupted = [t for t in runs["trial"] if t.info.status != "FINISHED"]
+    assert interrupted and all(t.info.status == "KILLED" for t in interrupted)  # none left RUNNING
+    for trial in interrupted:  # every epoch its latest checkpoint made durable is in MLflow
+        result = Result.from_path(str(tmp_path / "ray_results" / "resume-trials" / trial.data.tags["hsakd.trial_id"]))
+        with result.checkpoint.as_directory() as ckpt:
+            durable = max(int(m["epoch"]) for m in yaml.safe_load((Path(ckpt) / REPORTED_EPOCHS_FILE).read_text()))
+        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val/top1")]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= durable, (steps, durable)
+    assert not wait_for_no_processes(exclude=server_pids(), timeout=60), "processes left behind"
+
+    resumed = start_cli("tune", str(space), "--resume", "ray_results/resume", cwd=tmp_path, log=tmp_path / "log2.txt")
+    assert resumed.wait(timeout=900) == 0, (tmp_path / "log2.txt").read_text()[-3000:]
+    runs = runs_by_kind(client, "resume")
+    assert [r.info.run_id for r in runs["tune"]] == [parent.info.run_id]
+    assert len(runs["teacher"]) == 1 and len(runs["trial"]) == 2
+    assert runs["tune"][0].info.status == "FINISHED"
+    for child in runs["trial"]:
+        assert child.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")] == list(range(1, epochs + 1))
+    for run in [*runs["tune"], *runs["teacher"], *runs["trial"]]:
+        for key, steps in steps_of_every_metric(client, run).items():
+            assert len(steps) == len(set(steps)), f"{run.info.run_name}: {key} logged twice at a step: {steps}"
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"

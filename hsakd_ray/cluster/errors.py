@@ -1,5 +1,4 @@
-"""The one error of the cluster commands, importable without Ray (the CLI catches it)."""
+"""The one error of the cluster commands, importable without Ray (the CLI catches it as a user error)."""
+from ..errors import ClusterError
 
-
-class ClusterError(RuntimeError):
-    """The local cluster cannot be started, found or stopped; the message says what to do."""
+__all__ = ["ClusterError"]

@@ -115,7 +115,8 @@ def executable(name: str) -> str:
 
 
 def process_env(cluster_id: str, token_path: Path, node: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI",
+                                                              "HSAKD_RAY_DRIVER")}  # a driver's mark: not ours
     # jobs (`ray job submit -- hsakd-ray ...`) find this environment's python and entry points first
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0",

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..config import DataConfig
 from .registry import load_source
-from .splits import dataset_targets, stratified_split
+from .splits import dataset_targets, split_indices
 from .transforms import Transformed
 
 
@@ -39,16 +39,12 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     """
     source = load_source(cfg)
     targets = dataset_targets(source.train)
-    train_idx = list(range(len(targets)))
     split = eval_split(cfg)
-    if split == "val":
-        train_idx, val_idx = stratified_split(targets, cfg.val_fraction, cfg.split_seed)
+    train_idx, val_idx = split_indices(targets, cfg.val_fraction, cfg.few_shot_ratio, cfg.split_seed)
+    if val_idx is not None:
         eval_set: Dataset = Subset(Transformed(source.train, source.eval_transform), val_idx)
     else:
         eval_set = Transformed(source.test, source.eval_transform)
-    if cfg.few_shot_ratio < 1:
-        _, chosen = stratified_split([targets[i] for i in train_idx], cfg.few_shot_ratio, cfg.split_seed)
-        train_idx = [train_idx[j] for j in chosen]
     train_set: Dataset = Transformed(source.train, source.train_transform)
     if len(train_idx) < len(targets):
         train_set = Subset(train_set, train_idx)

@@ -16,6 +16,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 from torchvision.datasets.folder import default_loader
 
 from ..config import DataConfig
+from ..errors import DataError, DataNotFoundError
 from .memory import TensorImageDataset
 from .source import Source
 from .transforms import (
@@ -60,9 +61,24 @@ class LocalSTL10(STL10):
 
 
 def require_path(path: Path, what: str, fix: str) -> None:
-    """Raise a one-line FileNotFoundError naming ``path`` and how to fix it when ``path`` does not exist."""
+    """Raise a one-line DataNotFoundError naming ``path`` and how to fix it when ``path`` does not exist."""
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} does not exist; {fix}")
+        raise DataNotFoundError(f"{what} not found: {path} does not exist; {fix}")
+
+
+TORCHVISION_SETS: dict[str, type[Dataset]] = {"cifar100": CIFAR100, "cifar10": CIFAR10, "stl10": STL10}
+
+
+def require_torchvision_files(cfg: DataConfig) -> None:
+    """Every file torchvision will parse for ``cfg.name`` exists under ``cfg.root`` (when not downloading)."""
+    stock = TORCHVISION_SETS[cfg.name]
+    folder = Path(cfg.root) / stock.base_folder
+    files = [name for name, _ in stock.train_list + stock.test_list]
+    if hasattr(stock, "meta"):
+        files.append(stock.meta["filename"])
+    fix = f"set data.download: true to fetch it, or data.root to the directory that holds {stock.base_folder}/"
+    for path in [folder] + [folder / name for name in files]:
+        require_path(path, f"{cfg.name} data", fix)
 
 
 def _torchvision_splits(
@@ -71,13 +87,7 @@ def _torchvision_splits(
     """Train and test sets of a downloadable torchvision dataset: stock class to download, ``local`` to read."""
     if cfg.download:
         return stock(cfg.root, download=True, **train_kw), stock(cfg.root, download=True, **test_kw)
-    folder = Path(cfg.root) / stock.base_folder
-    files = [name for name, _ in stock.train_list + stock.test_list]
-    if hasattr(stock, "meta"):
-        files.append(stock.meta["filename"])
-    fix = f"set data.download: true to fetch it, or data.root to the directory that holds {stock.base_folder}/"
-    for path in [folder] + [folder / name for name in files]:
-        require_path(path, f"{cfg.name} data", fix)
+    require_torchvision_files(cfg)
     return local(cfg.root, **train_kw), local(cfg.root, **test_kw)
 
 
@@ -119,17 +129,38 @@ def _image_folder(path: Path, what: str, fix: str) -> ImageFolder:
 
 
 def _check_same_classes(train: ImageFolder, test: ImageFolder, test_dir: Path) -> None:
-    if train.classes != test.classes:
-        missing = sorted(set(train.classes) ^ set(test.classes))
-        raise ValueError(f"class folders of {test_dir} differ from the training set's: {missing[:5]}")
+    check_same_classes(train.classes, test.classes, test_dir)
+
+
+def check_same_classes(train: list[str], test: list[str], test_dir: Path) -> None:
+    """The evaluation tree must hold exactly the training tree's class folders (labels are folder indices)."""
+    if train != test:
+        only_test, only_train = sorted(set(test) - set(train)), sorted(set(train) - set(test))
+        raise DataError(f"class folders of {test_dir} differ from the training set's: only in {test_dir.name}/: "
+                        f"{only_test[:5]}, missing there: {only_train[:5]}; both trees need the same class folders")
+
+
+IMAGEFOLDER_FIX = ("set data.train_root (or data.root holding train/)", "set data.val_root (or data.root holding val/)")
+TINYIMAGENET_FIX = "set data.root to the directory that holds tiny-imagenet-200/ (or data.train_root / data.val_root)"
+
+
+def folder_roots(cfg: DataConfig) -> tuple[Path, Path]:
+    """(training tree, evaluation tree) of an ``imagefolder`` or ``tinyimagenet`` config."""
+    if cfg.name == "tinyimagenet":
+        nested = Path(cfg.root) / "tiny-imagenet-200"
+        base = nested if nested.is_dir() else Path(cfg.root)
+    else:
+        base = Path(cfg.root)
+    train_dir = Path(cfg.train_root) if cfg.train_root else base / "train"
+    val_dir = Path(cfg.val_root) if cfg.val_root else base / "val"
+    return train_dir, val_dir
 
 
 def imagefolder_source(cfg: DataConfig) -> Source:
     """ImageNet-style class-per-folder trees: ``train_root`` / ``val_root``, by default ``root``/train and /val."""
-    train_dir = Path(cfg.train_root) if cfg.train_root else Path(cfg.root) / "train"
-    val_dir = Path(cfg.val_root) if cfg.val_root else Path(cfg.root) / "val"
-    train = _image_folder(train_dir, "imagefolder training set", "set data.train_root (or data.root holding train/)")
-    test = _image_folder(val_dir, "imagefolder evaluation set", "set data.val_root (or data.root holding val/)")
+    train_dir, val_dir = folder_roots(cfg)
+    train = _image_folder(train_dir, "imagefolder training set", IMAGEFOLDER_FIX[0])
+    test = _image_folder(val_dir, "imagefolder evaluation set", IMAGEFOLDER_FIX[1])
     _check_same_classes(train, test, val_dir)
     size = cfg.image_size or 224
     pipelines = imagenet_pipelines(size, IMAGENET_STATS, cfg.augment)
@@ -147,7 +178,7 @@ class TinyImageNetVal(Dataset):
             if not fields:
                 continue
             if len(fields) < 2 or fields[1] not in class_to_idx:
-                raise ValueError(f"{annotations}:{line_no}: expected 'FILE WNID ...' with a WNID of the training set")
+                raise DataError(f"{annotations}:{line_no}: expected 'FILE WNID ...' with a WNID of the training set")
             self.samples.append((val_dir / "images" / fields[0], class_to_idx[fields[1]]))
         self.targets = [label for _, label in self.samples]
 
@@ -161,11 +192,8 @@ class TinyImageNetVal(Dataset):
 
 def tinyimagenet_source(cfg: DataConfig) -> Source:
     """Tiny ImageNet (200 classes, 64 px) in its published layout under ``root`` (or ``root``/tiny-imagenet-200)."""
-    nested = Path(cfg.root) / "tiny-imagenet-200"
-    base = nested if nested.is_dir() else Path(cfg.root)
-    train_dir = Path(cfg.train_root) if cfg.train_root else base / "train"
-    val_dir = Path(cfg.val_root) if cfg.val_root else base / "val"
-    fix = "set data.root to the directory that holds tiny-imagenet-200/ (or data.train_root / data.val_root)"
+    train_dir, val_dir = folder_roots(cfg)
+    fix = TINYIMAGENET_FIX
     # train/<wnid>/images/*.JPEG: ImageFolder finds the images by walking each class folder
     train = _image_folder(train_dir, "tinyimagenet training set", fix)
     require_path(val_dir, "tinyimagenet validation set", fix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import DataConfig
+from ..errors import DataError
 from .disk import cifar_source, imagefolder_source, stl10_source, tinyimagenet_source
 from .memory import digits_source, synthetic_source
 from .source import Source
@@ -26,5 +27,5 @@ DATASETS: tuple[str, ...] = tuple(_LOADERS)
 def load_source(cfg: DataConfig) -> Source:
     """The raw splits and transforms of dataset ``cfg.name``."""
     if cfg.name not in _LOADERS:
-        raise ValueError(f"unknown dataset {cfg.name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {cfg.name!r}; choose one of: {', '.join(DATASETS)}")
     return _LOADERS[cfg.name](cfg)

@@ -30,6 +30,20 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
     return sorted(keep), sorted(held)
 
 
+def split_indices(targets: Sequence[int], val_fraction: float, few_shot_ratio: float,
+                  seed: int) -> tuple[list[int], list[int] | None]:
+    """(training indices, validation indices or None): the class-stratified validation hold-out, then the few-shot
+    fraction of what remains. The one place that decides how many images a run trains on."""
+    train_idx = list(range(len(targets)))
+    val_idx = None
+    if val_fraction > 0:
+        train_idx, val_idx = stratified_split(targets, val_fraction, seed)
+    if few_shot_ratio < 1:
+        _, chosen = stratified_split([targets[i] for i in train_idx], few_shot_ratio, seed)
+        train_idx = [train_idx[j] for j in chosen]
+    return train_idx, val_idx
+
+
 def dataset_targets(ds: Dataset) -> list[int]:
     """Integer labels of every item of ``ds`` in order, read from label arrays instead of images where possible."""
     if isinstance(ds, Subset):

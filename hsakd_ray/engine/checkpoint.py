@@ -15,13 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..models import HSAKDNet, PlacementError, build_model, student_head_stages
 
 MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.pt", "meta.json", "config.yaml", "train_state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit what was asked for."""
 
 
 def write_checkpoint(path: str | Path, *, model_state: dict, meta: dict, config_yaml: str,

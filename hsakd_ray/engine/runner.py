@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
+from ..errors import ConfigError
 from .batches import DeviceBatches
 from .checkpoint import write_checkpoint
 from .fastpath import (
@@ -56,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 
@@ -91,7 +92,7 @@ def adopt_base_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> Non
 
 def per_worker_batch(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
-        raise ValueError(f"train.batch_size {global_batch} is not divisible by scaling.num_workers {world_size}")
+        raise ConfigError(f"train.batch_size {global_batch} is not divisible by scaling.num_workers {world_size}")
     return global_batch // world_size
 
 

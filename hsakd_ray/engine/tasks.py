@@ -14,6 +14,7 @@ from torch import nn
 from .. import distill as D
 from ..config import Config
 from ..distill.methods import method_spec
+from ..errors import CheckpointError, ConfigError
 from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
 from .fastpath import chunk_rows, forward_in_chunks
@@ -199,22 +200,31 @@ class ProbeTask(Task):
         return D.ce_loss(self.model(x)[0], y)
 
 
+def require_inputs(kind: str, cfg: Config) -> None:
+    """What a job needs besides its data, asked before it starts (and again when its task is built)."""
+    if kind not in ("teacher", "distill", "probe"):
+        raise ConfigError(f"unknown job kind {kind!r}; allowed: teacher, distill, probe")
+    if kind == "teacher" and cfg.teacher.mode == "frozen" and not cfg.teacher.pretrained:
+        raise ConfigError("teacher.mode 'frozen' needs teacher.pretrained (backbone weights to keep fixed)")
+    if kind == "probe" and not cfg.student.checkpoint:
+        raise ConfigError("a probe job needs student.checkpoint: the network whose features are probed")
+    method = method_spec(cfg.distill.method)
+    if kind == "distill" and method.needs_teacher and not cfg.teacher.checkpoint:
+        raise ConfigError(f"distill.method {method.name!r} needs teacher.checkpoint (a trained teacher: a checkpoint "
+                          "directory, runs:/RUN_ID/checkpoint or models:/NAME/VERSION)")
+
+
 def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
     """The task for a ``teacher``, ``distill`` or ``probe`` job (``distill`` with method ``mutual`` -> MutualTask)."""
+    require_inputs(kind, cfg)
     if kind == "teacher":
         t = cfg.teacher
         net = build_model(t.arch, num_classes, t.aux_stages)
         if t.pretrained:
             load_pretrained_backbone(net, t.pretrained)
-        if t.mode == "frozen" and not t.pretrained:
-            raise ValueError("teacher.mode 'frozen' needs teacher.pretrained (backbone weights to keep fixed)")
         return TeacherTask(net, frozen=t.mode == "frozen")
     if kind == "probe":
-        if not cfg.student.checkpoint:
-            raise ValueError("a probe job needs student.checkpoint: the network whose features are probed")
         return ProbeTask(load_network(cfg.student.checkpoint, cfg.student.arch, [], role="student"), num_classes)
-    if kind != "distill":
-        raise ValueError(f"unknown job kind {kind!r}; allowed: teacher, distill, probe")
     method, s = method_spec(cfg.distill.method), cfg.student
     if method.trains_peer:
         student = build_model(s.arch, num_classes, s.aux_stages)
@@ -222,10 +232,8 @@ def build_task(kind: str, cfg: Config, num_classes: int) -> Task:
     student = build_model(s.arch, num_classes, s.aux_stages if method.student_heads else [])
     teacher = None
     if method.needs_teacher:
-        if not cfg.teacher.checkpoint:
-            raise ValueError(f"distill.method {method.name!r} needs teacher.checkpoint (a trained teacher)")
         teacher = load_network(cfg.teacher.checkpoint, cfg.teacher.arch,
                                student.aux_stages if method.teacher_heads else [], student_arch=s.arch)
         if teacher.num_classes != num_classes:
-            raise ValueError(f"teacher checkpoint has {teacher.num_classes} classes, the data has {num_classes}")
+            raise CheckpointError(f"teacher checkpoint has {teacher.num_classes} classes, the data has {num_classes}")
     return DistillTask(student, teacher, cfg)

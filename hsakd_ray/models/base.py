@@ -12,6 +12,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -160,12 +162,12 @@ def resolve_aux_stages(aux_stages: str | Sequence[int], num_stages: int, arch: s
     if aux_stages == "all":
         return tuple(range(1, num_stages + 1))
     if isinstance(aux_stages, str) or not isinstance(aux_stages, Sequence):
-        raise ValueError(f"aux_stages must be 'all' or a list of stage indices, got {aux_stages!r}")
+        raise ConfigError(f"aux_stages must be 'all' or a list of stage indices, got {aux_stages!r}")
     stages = tuple(sorted(set(int(s) for s in aux_stages)))
     bad = [s for s in stages if not 1 <= s <= num_stages]
     if bad:
         name = f"{arch} has" if arch else "the network has"
-        raise ValueError(f"aux_stages {list(bad)} out of range: {name} stages 1..{num_stages}")
+        raise ConfigError(f"aux_stages {list(bad)} out of range: {name} stages 1..{num_stages}")
     return stages
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import ConfigError
 from .base import resolve_aux_stages
 from .registry import num_stages
 
 
-class PlacementError(ValueError):
+class PlacementError(ConfigError):
     """A student placement the student's architecture or the teacher's heads cannot serve; ``missing`` lists the
     teacher heads it lacks (empty when the placement is out of the student's range)."""
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .base import Backbone, HSAKDNet
 
 Factory = Callable[[int], Backbone]
@@ -28,7 +29,7 @@ def list_architectures() -> list[str]:
 
 def build_backbone(arch: str, num_classes: int) -> Backbone:
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(list_architectures())}")
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of: {', '.join(list_architectures())}")
     return _REGISTRY[arch](num_classes)
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import TrackingError
+from ..errors import CheckpointError, TrackingError
+from .store import store_exists
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -14,10 +15,8 @@ def is_mlflow_reference(ref: str) -> bool:
 
 def resolve_checkpoint(ref: str, tracking_uri: str, cache_dir: str | Path) -> str:
     """A local checkpoint directory for ``ref``; MLflow references are downloaded under ``cache_dir``."""
+    check_reference(ref, tracking_uri)
     if not is_mlflow_reference(ref):
-        if not (Path(ref) / "meta.json").is_file():
-            raise FileNotFoundError(f"checkpoint {ref!r} not found (expected a directory with meta.json, "
-                                    "runs:/RUN_ID/checkpoint or models:/NAME/VERSION)")
         return str(Path(ref).resolve())
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -34,8 +33,36 @@ def resolve_checkpoint(ref: str, tracking_uri: str, cache_dir: str | Path) -> st
     if not (local / "meta.json").is_file() and (local / CHECKPOINT_ARTIFACT / "meta.json").is_file():
         local = local / CHECKPOINT_ARTIFACT
     if not (local / "meta.json").is_file():
-        raise FileNotFoundError(f"{ref!r} does not hold an hsakd-ray checkpoint (no meta.json)")
+        raise CheckpointError(f"{ref!r} does not hold an hsakd-ray checkpoint (no meta.json)")
     return str(local)
+
+
+def check_reference(ref: str, tracking_uri: str) -> None:
+    """Refuse, in one line and without writing anything, a ``runs:/`` or ``models:/`` reference that does not exist
+    in ``tracking_uri`` (asked before a job starts, so a typo leaves no store, no run and no output behind)."""
+    if not is_mlflow_reference(ref):
+        if not (Path(ref) / "meta.json").is_file():
+            raise CheckpointError(f"checkpoint {ref!r} not found (expected a directory with meta.json, "
+                                  "runs:/RUN_ID/checkpoint or models:/NAME/VERSION)")
+        return
+    if not store_exists(tracking_uri):
+        raise CheckpointError(f"{ref!r} not found: the tracking store {tracking_uri} does not exist yet")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if ref.startswith("models:/"):
+            model_version_source(ref, tracking_uri)
+            return
+        run_id, _, path = ref[len("runs:/"):].partition("/")
+        client = MlflowClient(tracking_uri)
+        client.get_run(run_id)
+        names = {Path(a.path).name for a in client.list_artifacts(run_id, path or None)}
+    except MlflowException as exc:
+        raise CheckpointError(f"{ref!r} not found in {tracking_uri}: {exc.message.splitlines()[0]}") from None
+    if "meta.json" not in names and CHECKPOINT_ARTIFACT not in names:
+        raise CheckpointError(f"{ref!r} does not hold an hsakd-ray checkpoint (no meta.json in run {run_id}'s "
+                              f"artifact {path or '/'!r})")
 
 
 def model_version_source(ref: str, tracking_uri: str) -> str:
@@ -53,11 +80,11 @@ def model_version_source(ref: str, tracking_uri: str) -> str:
     else:
         name, _, version = body.rpartition("/")
         if not name:
-            raise ValueError(f"model reference {ref!r} must look like models:/NAME/VERSION or models:/NAME@ALIAS")
+            raise CheckpointError(f"model reference {ref!r} must look like models:/NAME/VERSION or models:/NAME@ALIAS")
         if version == "latest":
             versions = client.search_model_versions(f"name = '{name}'")
             if not versions:
-                raise ValueError(f"no versions of registered model {name!r} in {tracking_uri}")
+                raise CheckpointError(f"no versions of registered model {name!r} in {tracking_uri}")
             version = str(max(int(v.version) for v in versions))
     return client.get_model_version_download_uri(name, version)
 

@@ -1,14 +1,23 @@
 """Run lifecycle owned by hsakd-ray (not by Ray callbacks): create or find a run by its name tag, log the
-resolved config as params, mark the final status, and reconcile runs whose driver died."""
+resolved config as params, mark the final status, and reconcile runs whose driver died.
+
+``tracked_run`` is the one place that decides a run's final status: FINISHED when its body returns, KILLED on
+Ctrl-C or SIGTERM, FAILED (tag ``error``, one plain line) on any other exception."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from ..errors import one_line
 
 NAME_TAG, KIND_TAG, HOST_TAG, PID_TAG = "hsakd.run_name", "hsakd.kind", "hsakd.host", "hsakd.driver_pid"
 PARENT_TAG = "mlflow.parentRunId"
@@ -68,7 +77,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
 def finish_run(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
     """Set FINISHED, FAILED (with the error message as tag ``error``) or KILLED."""
     if error:
-        client.set_tag(run_id, "error", error[:5000])
+        client.set_tag(run_id, "error", one_line(error, 5000))  # no terminal colour codes, one line
     client.set_terminated(run_id, status)
 
 
@@ -105,3 +114,67 @@ def reconcile_orphans(client: MlflowClient, experiment_ids: Iterable[str]) -> li
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             fixed.append(run.info.run_id)
     return fixed
+
+
+def log_metric_once(client: MlflowClient, run_id: str, key: str, value: float, step: int = 0) -> None:
+    """Log ``key`` at ``step`` unless the run already holds a value there (a resumed command repeats its summary)."""
+    if not any(m.step == step for m in client.get_metric_history(run_id, key)):
+        client.log_metric(run_id, key, value, step=step)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the driver's main thread so a run stops like on Ctrl-C and is closed as KILLED."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+def _sigterm_as_sigint(signum, frame):
+    """SIGTERM does what SIGINT does now: whatever handler is installed (Tune's graceful stop during a sweep),
+    else a KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+    else:
+        raise Terminated(f"signal {signum}")
+
+
+@dataclass
+class ActiveRun:
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+
+
+@contextmanager
+def tracked_run(client: MlflowClient, experiment_name: str, name: str, tags: dict[str, str],
+                params: dict | None = None, resume: bool = False,
+                on_interrupt: Callable[[], None] | None = None) -> Iterator[ActiveRun]:
+    """Start (or, with ``resume``, reopen) the run named ``name``; close it FINISHED, KILLED or FAILED.
+
+    While the body runs, SIGTERM acts as SIGINT. On an interrupt ``on_interrupt`` runs first (e.g. stop Ray, so
+    nothing logs after the status is final), then the run is KILLED and KeyboardInterrupt propagates. Runs of this
+    experiment left RUNNING by a driver that died are marked KILLED first."""
+    experiment_id = get_experiment_id(client, experiment_name)
+    reconcile_orphans(client, [experiment_id])
+    run_id = start_run(client, experiment_id, name, tags, params, resume=resume)
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may handle signals
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint) if main else None
+    try:
+        yield ActiveRun(client, run_id, experiment_id)
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: Ray's own SIGINT handlers end with sys.exit
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the clean-up short
+        if on_interrupt is not None:
+            on_interrupt()
+        finish_run(client, run_id, "KILLED")
+        raise KeyboardInterrupt from None
+    except BaseException as exc:
+        finish_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        finish_run(client, run_id, "FINISHED")
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

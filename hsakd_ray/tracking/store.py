@@ -5,17 +5,16 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import TrackingError
+from ..paths import unwritable_reason
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used (unreachable server, unwritable path, wrong kind for a cluster)."""
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; named here so resolving needs no mlflow import
 
 
 def resolve_tracking_uri(cli_uri: str | None = None, config_uri: str | None = None) -> str:
     """``--tracking-uri``, then ``tracking.uri``, then ``MLFLOW_TRACKING_URI``, then MLflow's default
     (``sqlite:///mlflow.db``). A relative sqlite path is made absolute so Ray processes find the same file."""
-    import mlflow
-
-    uri = cli_uri or config_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    uri = cli_uri or config_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     return uri
@@ -26,9 +25,24 @@ def is_local_store(uri: str) -> bool:
     return urlparse(uri).scheme in ("sqlite", "file", "")
 
 
+# Schemes MLflow's own tracking stores take (a database URI may name its driver: postgresql+psycopg2://)
+KNOWN_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
+def _plugin_schemes() -> set[str]:
+    """Schemes registered by installed MLflow tracking-store plugins (entry points ``mlflow.tracking_store``)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, when the tracking store cannot be reached."""
+    """Fail fast, with one line, when the tracking store cannot be used: an unknown scheme, an unreachable
+    server, a sqlite file whose directory is missing or not writable. Writes nothing."""
     scheme = urlparse(uri).scheme
+    if scheme and len(scheme) > 1 and scheme.split("+")[0] not in KNOWN_SCHEMES and scheme not in _plugin_schemes():
+        raise TrackingError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; use http(s)://HOST:PORT (an MLflow "
+                            "server), sqlite:///PATH.db, file:PATH or a database URI (postgresql://, mysql://)")
     if scheme in ("http", "https"):
         import requests
 
@@ -39,6 +53,25 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         if response.status_code != 200:
             raise TrackingError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}")
     elif scheme == "sqlite":
-        parent = Path(uri[len("sqlite:///"):]).parent
-        if not parent.is_dir():
-            raise TrackingError(f"tracking URI {uri}: directory {parent} does not exist")
+        db = Path(sqlite_path(uri))
+        if not db.parent.is_dir():
+            raise TrackingError(f"tracking URI {uri}: directory {db.parent} does not exist")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: {db} is not writable")
+        reason = None if db.exists() else unwritable_reason(db.parent)
+        if reason:
+            raise TrackingError(f"tracking URI {uri}: cannot create {db.name}: {reason}")
+    elif scheme in ("file", "") and uri:
+        reason = unwritable_reason(urlparse(uri).path if scheme else uri)
+        if reason:
+            raise TrackingError(f"tracking URI {uri}: {reason}")
+
+
+def sqlite_path(uri: str) -> str:
+    """The database file of a ``sqlite:///PATH`` URI (absolute with four slashes, relative with three)."""
+    return uri[len("sqlite:///"):]
+
+
+def store_exists(uri: str) -> bool:
+    """False when the store is a sqlite file not created yet (it then holds no run and no model)."""
+    return urlparse(uri).scheme != "sqlite" or Path(sqlite_path(uri)).is_file()

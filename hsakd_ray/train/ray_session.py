@@ -1,47 +1,139 @@
-"""Start or join Ray, and the up-front checks that a cluster's storage and tracking store are usable."""
+"""Start or join Ray; once joined, the checks that need the cluster (resources its nodes and autoscaler can give,
+storage and a tracking store every node can use); and the clean-up of Ray processes a killed driver left behind."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 import ray
 
-from ..config import ConfigError
+from ..errors import ClusterError, ConfigError
+from ..proc import alive, marked_processes, open_files, start_time, stop_processes
 from ..tracking.store import is_local_store
+from .preflight import is_remote_storage, joins_cluster, shortfall
+
+SHARED_MARKER = ".hsakd-shared"  # a file in a local storage_path declaring it shared by every node (NFS, one host)
+DRIVER_MARK = "HSAKD_RAY_DRIVER"  # "<pid>:<start time>" of the driver, inherited by every process its Ray spawns
 
 
-def is_remote_storage(path: str) -> bool:
-    return urlparse(path).scheme not in ("", "file")
+# ---------------------------------------------------------------- resources
+
+def _autoscaler_max() -> dict[str, float] | None:
+    """The most an autoscaler may grow the cluster to, or None when no autoscaler manages it."""
+    try:
+        from ray._private.state import state
+
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # an older or newer Ray without this private helper: no autoscaler known
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None
 
 
-def resolve_storage_path(path: str) -> str:
-    return path if is_remote_storage(path) else str(Path(path).expanduser().resolve())
+def check_cluster_resources(per_worker: dict[str, float], num_workers: int, what: str,
+                            extra_cpu: float = 0.0) -> None:
+    """Once Ray runs (joined or started here): refuse what the cluster's nodes can never give ``what`` (a job, a
+    trial). A shortfall an autoscaler can fill is a warning; one it cannot fill, or with no autoscaler, is refused."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_max = {k: max(n["Resources"].get(k, 0.0) for n in nodes) for k in per_worker} if nodes else {}
+    problem = shortfall(per_worker, num_workers, extra_cpu, ray.cluster_resources(), node_max)
+    if not problem:
+        return
+    ceiling = _autoscaler_max()
+    if ceiling is not None and not shortfall(per_worker, num_workers, extra_cpu, ceiling, None):
+        print(f"warning: {what} needs {problem.format(where='the cluster')} now; waiting for the autoscaler to add "
+              "nodes", flush=True)
+        return
+    where = "the cluster" + (" (at its autoscaler's maximum)" if ceiling is not None else "")
+    raise ClusterError(f"{what} needs {problem.format(where=where)}: lower the resources asked for, or add nodes")
+
+
+# ---------------------------------------------------------------- a driver's own Ray processes
+
+SESSION_OWNER_FILE = "hsakd_driver"  # in a local Ray's session directory: the id of the driver that started it
+_SESSION_DIR = re.compile(r"^(.*/session_[^/]+)/")
+
+
+def _driver_id(pid: int) -> str:
+    return f"{pid}:{start_time(pid)}"
+
+
+def _driver_gone(driver: str) -> bool:
+    """True for a well-formed driver id whose process has exited (a reused pid has another start time)."""
+    pid, _, started = driver.partition(":")
+    return pid.isdigit() and started.isdigit() and start_time(int(pid)) != started
+
+
+def _session_owner(pid: int) -> str | None:
+    """The driver that started the Ray session ``pid`` writes its logs to, read from the session's owner file."""
+    for path in open_files(pid):
+        found = _SESSION_DIR.match(path)
+        if found:
+            try:
+                return (Path(found.group(1)) / SESSION_OWNER_FILE).read_text().strip()
+            except OSError:
+                return None
+    return None
+
+
+def orphaned_ray_processes() -> dict[int, str]:
+    """Processes of a local Ray that an hsakd-ray driver started and that outlived it (the driver was SIGKILLed):
+    pid -> command line. Two kinds: processes that carry the driver's mark in their environment (GCS, raylet,
+    dashboard, workers) with the driver gone; and the raylet's agents (dashboard agent, runtime-env agent, which do
+    not inherit the mark) whose raylet is gone, in a session whose owner file names a driver that is gone. Never a
+    live driver's Ray, never a cluster started with ``ray start`` or ``hsakd-ray cluster up`` (no mark, no owner)."""
+    orphans = {pid: cmd for pid, (mark, cmd) in marked_processes(DRIVER_MARK).items() if _driver_gone(mark)}
+    for pid, (raylet, cmd) in marked_processes("RAY_RAYLET_PID").items():
+        if pid in orphans or (raylet.isdigit() and alive(int(raylet))):
+            continue
+        owner = _session_owner(pid)
+        if owner and _driver_gone(owner):
+            orphans[pid] = cmd
+    return orphans
+
+
+def stop_orphaned_ray_processes() -> int:
+    """Stop what dead drivers' local Ray instances left running (dashboard, agents, raylet, GCS); how many."""
+    found = orphaned_ray_processes()
+    if found:
+        stop_processes(orphaned_ray_processes)
+        print(f"stopped {len(found)} Ray processes left by a killed hsakd-ray driver", flush=True)
+    return len(found)
+
+
+def _claim_session() -> None:
+    """Write this driver's id into the session directory of the Ray it just started (see orphaned_ray_processes)."""
+    try:
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        (session / SESSION_OWNER_FILE).write_text(_driver_id(os.getpid()))
+    except Exception:  # a private path that may move between Ray versions: only the clean-up loses
+        pass
 
 
 def init_ray(address: str | None) -> bool:
     """``None`` starts a local Ray instance; ``auto`` or ``host:port`` joins a running cluster.
 
     Returns True when this call started (or joined) Ray, so the caller owns ``ray.shutdown``; False when Ray was
-    already initialised by someone else."""
+    already initialised by someone else. A local start first stops what killed drivers left behind, and marks the
+    processes it starts with this driver's id so the next start can do the same if this driver is killed."""
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(log_to_driver=True)
+    stop_orphaned_ray_processes()
+    if not joins_cluster(address):  # only the processes ray.init spawns carry the mark, not later children of ours
+        os.environ[DRIVER_MARK] = _driver_id(os.getpid())
+    try:
+        ray.init(address=address or None, log_to_driver=True)
+    except ConnectionError as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        os.environ.pop(DRIVER_MARK, None)
+    if not joins_cluster(address):
+        _claim_session()
     return True
 
 
-SHARED_MARKER = ".hsakd-shared"  # a file in a local storage_path declaring it shared by every node (NFS, one host)
-
-
-def alive_nodes() -> list[dict]:
-    return [node for node in ray.nodes() if node.get("Alive")]
-
-
-def alive_node_count() -> int:
-    return len(alive_nodes())
-
+# ---------------------------------------------------------------- multi-node paths
 
 def check_cluster_paths(storage_path: str, tracking_uri: str, address: str | None) -> None:
     """On a multi-node cluster, refuse a node-local storage_path (other nodes' trials could not checkpoint or resume)
@@ -52,7 +144,7 @@ def check_cluster_paths(storage_path: str, tracking_uri: str, address: str | Non
 
     Decided from the nodes Ray reports, not from ``address``: ``ray.init()`` also joins a cluster through
     ``RAY_ADDRESS``."""
-    nodes = alive_nodes()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
     if len(nodes) <= 1:
         return
     if not is_remote_storage(storage_path) and not Path(storage_path).is_mount():

@@ -18,6 +18,12 @@ def checkpoint_config(cfg: Config, kind: str) -> CheckpointConfig:
     return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max")
 
 
+# Worker groups that fail to start (a placement group not granted within Ray's startup timeout,
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) are retried this many times, then the job fails with
+# Ray's message: never a wait without end (Ray's default is to retry forever).
+STARTUP_RETRIES = 4
+
+
 def scaling_config(cfg: Config) -> ScalingConfig:
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker}
@@ -35,7 +41,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,
-        failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+        failure_config=FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=STARTUP_RETRIES),
         checkpoint_config=checkpoint_config(cfg, kind),
         callbacks=callbacks or [],
     )

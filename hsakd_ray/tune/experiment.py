@@ -3,21 +3,32 @@ parent run and one child run per trial, then write the results (table, CSV, best
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from pathlib import Path
+from urllib.parse import urlparse
 
-import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ..config import ConfigError, config_from_dict
+from ..data.checks import check_data
 from ..distill.methods import method_spec
 from ..engine import read_meta
+from ..engine.selection import kept_metric
 from ..tracking import runs as R
-from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
+from ..tracking.references import CHECKPOINT_ARTIFACT, check_reference, resolve_checkpoint
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
-from ..train.job import INTERRUPTS, Terminated, _raise_terminated, run_ray_job
-from ..train.ray_session import check_cluster_paths, init_ray, resolve_storage_path
+from ..train.job import run_ray_job
+from ..train.preflight import (
+    check_local_resources,
+    check_storage_path,
+    job_description,
+    job_need,
+    resolve_storage_path,
+    worker_group_need,
+)
+from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray
 from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
@@ -26,32 +37,50 @@ from .searchers import build_scheduler, build_search_alg, param_space
 from .space import SearchSpace, check_placement, distribution_values, final_config, load_space
 from .trial import default_concurrency, run_trial, trial_resources
 
+TRIAL = "tune.resources: a trial"
+
 
 def tuning_metric(space: SearchSpace) -> str:
-    return space.tune.metric or "val/top1"
+    return space.tune.metric or kept_metric(space.base, "distill") or "val/top1"
 
 
-def check_feasible(space: SearchSpace, joined: bool) -> None:
-    """Refuse per-trial resources that the cluster can never provide. A joined cluster may autoscale beyond
-    what is up now, so there the shortfall is a warning, not a refusal."""
-    try:
-        _check_resources(space)
-    except ConfigError as exc:
-        if not joined:
-            raise
-        print(f"warning: {exc} (now; an autoscaler may add nodes)", flush=True)
-
-
-def _check_resources(space: SearchSpace) -> None:
-    total = ray.cluster_resources()
+def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:
+    """(per worker, workers, the trial driver's own CPU) of one trial."""
     r = space.tune.resources
-    need_cpu, need_gpu = r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker
-    if need_cpu > total.get("CPU", 0):
-        raise ConfigError(f"tune.resources: a trial needs {need_cpu:g} CPUs ({r.num_workers} workers x "
-                          f"{r.cpus_per_worker:g}) but the cluster has {total.get('CPU', 0):g}")
-    if need_gpu > total.get("GPU", 0):
-        raise ConfigError(f"tune.resources: a trial needs {need_gpu:g} GPUs but the cluster has "
-                          f"{total.get('GPU', 0):g}")
+    return worker_group_need(r.num_workers, r.cpus_per_worker, r.gpus_per_worker), r.num_workers, \
+        trial_resources(space)["cpu"]
+
+
+def experiment_path(space: SearchSpace, storage: str, resume: str | None) -> str:
+    """Where the Tune experiment lives: ``--resume PATH`` (relative paths are taken from the current directory),
+    else ``storage_path/NAME``."""
+    if not resume:
+        return str(Path(storage) / space.name)
+    if urlparse(resume).scheme not in ("", "file"):
+        return resume
+    return str(Path(urlparse(resume).path if resume.startswith("file:") else resume).expanduser().resolve())
+
+
+def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, resume: str | None,
+                     address: str | None) -> None:
+    """Everything about a sweep that can be refused before Ray starts or any run is created."""
+    check_tracking_uri(uri)
+    if resume and not tune.Tuner.can_restore(exp_path):
+        raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
+    if not resume and Path(exp_path).exists():
+        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
+                          "or set tune.name")
+    check_storage_path(storage)
+    per_worker, workers, driver_cpu = trial_need(space)
+    check_local_resources(per_worker, workers, TRIAL, address, extra_cpu=driver_cpu)
+    teacher = space.teacher_config
+    if teacher is not None:
+        check_local_resources(job_need(teacher), teacher.scaling.num_workers, job_description(teacher, "teacher"),
+                              address)
+        check_data(teacher.data, teacher.train.batch_size)
+    if space.teacher_ref:
+        check_reference(space.teacher_ref, uri)
+    check_data(space.base.data, space.base.train.batch_size)
 
 
 def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
@@ -94,22 +123,48 @@ def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experime
     return ref, read_checkpoint_files(local)
 
 
+class SweepInterrupt:
+    """Ctrl-C / SIGTERM during a sweep. The first asks Tune to stop gracefully (Tune's SIGUSR1 handler: it saves the
+    experiment state and stops the trials) and is remembered, because Tune's ``fit`` then returns normally; a second
+    raises KeyboardInterrupt at once. Tune's own SIGINT handler is off: it would leave no trace of the interrupt."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> SweepInterrupt:
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        tune_stops = callable(signal.getsignal(signal.SIGUSR1))  # installed by Tune while fit() runs
+        if self.signum is not None or not tune_stops:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("stopping the sweep (Ctrl-C again to stop at once)", flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+
+
 def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str | None = None,
                    resume: str | None = None, address: str | None = None) -> dict:
     space = load_space(space_path, overrides)
     uri = resolve_tracking_uri(tracking_uri, space.base.tracking.uri)
-    check_tracking_uri(uri)
     storage = resolve_storage_path(space.base.ray.storage_path)
-    exp_path = Path(resume) if resume else Path(storage) / space.name
-    if resume and not tune.Tuner.can_restore(str(exp_path)):
-        raise ConfigError(f"--resume {resume}: no Tune experiment to restore there")
-    if not resume and exp_path.exists():
-        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
-                          "or set tune.name")
+    exp_path = experiment_path(space, storage, resume)
     address = address or space.base.ray.address
+    check_experiment(space, uri, storage, exp_path, resume, address)
     init_ray(address)
     check_cluster_paths(storage, uri, address)
-    check_feasible(space, joined=bool(address))
+    per_worker, workers, driver_cpu = trial_need(space)
+    check_cluster_resources(per_worker, workers, TRIAL, extra_cpu=driver_cpu)
 
     client = MlflowClient(uri)
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
@@ -117,46 +172,52 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
     teacher_ref, teacher_files = prepare_teacher(space, uri, client, experiment_id, bool(resume))
     metric, mode = tuning_metric(space), space.tune.mode
     tags = R.base_tags("tune", space.name)
-    tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": str(exp_path),
+    tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": exp_path,
                  "hsakd.teacher_source": teacher_ref or "none", "hsakd.metric": metric})
-    parent = R.start_run(client, experiment_id, space.name, tags, resume=bool(resume),
-                         params={f"search.{k}": v for k, v in space.search.items()} | {
-                             "tune.scheduler": space.tune.scheduler.type, "tune.search_alg": space.tune.search_alg,
-                             "tune.num_samples": space.tune.num_samples, "tune.metric": metric})
-    print(f"MLflow parent run {parent} (experiment {space.base.tracking.experiment!r}, {uri})", flush=True)
+    params = {f"search.{k}": v for k, v in space.search.items()} | {
+        "tune.scheduler": space.tune.scheduler.type, "tune.search_alg": space.tune.search_alg,
+        "tune.num_samples": space.tune.num_samples, "tune.metric": metric}
+    with R.tracked_run(client, space.base.tracking.experiment, space.name, tags, params,
+                       resume=bool(resume)) as parent:
+        print(f"MLflow parent run {parent.run_id} (experiment {space.base.tracking.experiment!r}, {uri})",
+              flush=True)
+        train_storage = str(Path(storage) / f"{space.name}-trials")
+        logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
+        tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode,
+                            bool(resume))
+        with SweepInterrupt() as interrupt:
+            try:
+                grid = tuner.fit()
+            except KeyboardInterrupt:
+                logger.close_unfinished()
+                raise
+        if interrupt.signum is not None:
+            logger.close_unfinished()
+            print(f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}",
+                  flush=True)
+            raise KeyboardInterrupt
+        return summarise(space, grid, client, parent.run_id, logger.run_ids, teacher_ref, Path(exp_path), metric,
+                         mode)
 
-    train_storage = str(Path(storage) / f"{space.name}-trials")
-    logger = MLflowTrialLogger(uri, experiment_id, parent, space, train_storage)
+
+def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
+                train_storage: str, logger: MLflowTrialLogger, metric: str, mode: str, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage),
         trial_resources(space))
+    if resume:
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=param_space(space))
     run_config = tune.RunConfig(name=space.name, storage_path=storage, callbacks=[logger],
                                 failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))
     concurrency = space.tune.max_concurrent_trials or default_concurrency(space)
-    if resume:
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space(space))
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(space), run_config=run_config,
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=space.tune.num_samples,
-                scheduler=build_scheduler(space), search_alg=build_search_alg(space, concurrency),
-                time_budget_s=space.tune.time_budget_s),
-        )
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        grid = tuner.fit()
-    except (KeyboardInterrupt, Terminated):
-        R.finish_run(client, parent, "KILLED")
-        print(f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}", flush=True)
-        raise KeyboardInterrupt from None
-    except Exception as exc:
-        R.finish_run(client, parent, "FAILED", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return summarise(space, grid, client, parent, logger.run_ids, teacher_ref, exp_path, metric, mode)
+    return tune.Tuner(
+        trainable, param_space=param_space(space), run_config=run_config,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, num_samples=space.tune.num_samples,
+            scheduler=build_scheduler(space), search_alg=build_search_alg(space, concurrency),
+            time_budget_s=space.tune.time_budget_s),
+    )
 
 
 def final_teacher_for(space: SearchSpace, client: MlflowClient, parent: str, tuning_ref: str | None,
@@ -170,13 +231,9 @@ def final_teacher_for(space: SearchSpace, client: MlflowClient, parent: str, tun
             stages = final_teacher_stages(space, ref, client.tracking_uri)
             winner = config_from_dict(final_config(space, best_params, None))
             check_placements(dataclasses.replace(space, search={}, base=winner), stages)
-    except INTERRUPTS:
-        R.finish_run(client, parent, "KILLED")
+    except (KeyboardInterrupt, SystemExit):  # the parent is closed KILLED by tracked_run
         print(f"interrupted while preparing the final teacher; continue with: hsakd-ray tune {space.path} "
               f"--resume {exp_path}", flush=True)
-        raise KeyboardInterrupt from None
-    except Exception as exc:
-        R.finish_run(client, parent, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     client.set_tag(parent, FINAL_TEACHER_TAG, ref or "none")
     return ref
@@ -187,7 +244,6 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
     rows = out.trial_rows(grid, metric, mode, run_ids)
     searched = list(space.search)
     if not rows or all(r[f"best_{metric}"] != r[f"best_{metric}"] for r in rows):
-        R.finish_run(client, parent, "FAILED", error="no trial reported the tuning metric")
         raise RuntimeError(f"no trial reported {metric}; see {exp_path}")
     best = rows[0]
     best_result = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
@@ -204,7 +260,7 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
           flush=True)
     client.set_tag(parent, "best_trial_id", best["trial_id"])
     client.set_tag(parent, "best_mlflow_run_id", best.get("mlflow_run_id", ""))
-    client.log_metric(parent, f"best_{metric}", best[f"best_{metric}"])
+    R.log_metric_once(client, parent, f"best_{metric}", best[f"best_{metric}"])  # once, even after --resume
     final_teacher = final_teacher_for(space, client, parent, teacher_ref, best_params, exp_path)
     best_yaml = out.write_atomic(results_dir / "best_config.yaml",
                                  "# The winning trial's values on the base config: the final run, on the whole\n"
@@ -212,6 +268,5 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
                                  f"# Run it with: hsakd-ray distill {results_dir / 'best_config.yaml'}\n"
                                  + out.dump_yaml(final_config(space, best_params, final_teacher)))
     client.log_artifact(parent, str(best_yaml))
-    R.finish_run(client, parent, "FINISHED")
     print(f"\nbest config: {best_yaml}\nfinal run:   hsakd-ray distill {best_yaml}", flush=True)
     return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows}

@@ -33,6 +33,7 @@ class MLflowTrialLogger(Callback):
         self.logged: dict[str, set[int]] = {}
         self.last_epoch: dict[str, int] = {}
         self.nodes: dict[str, dict[str, str]] = {}
+        self.closed: set[str] = set()  # trials whose run has its final status
         self._client: MlflowClient | None = None
 
     @property
@@ -109,7 +110,23 @@ class MLflowTrialLogger(Callback):
             R.finish_run(self.client, run_id, "KILLED")
         else:
             R.finish_run(self.client, run_id, "FINISHED")
+        self.closed.add(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = getattr(trial, "error_message", None) or "trial failed (see Ray trial error file)"
         R.finish_run(self.client, self.run_id(trial), "FAILED", error=str(error).strip().splitlines()[-1])
+        self.closed.add(trial.trial_id)
+
+    def close_unfinished(self) -> list[str]:
+        """After an interrupt: log the epochs each unfinished trial's latest Train checkpoint made durable but this
+        callback never received (Tune stopped before handing them over), then mark its run KILLED. ``--resume``
+        reopens the same runs. Returns their run ids."""
+        unfinished = [t for t in self.run_ids if t not in self.closed]
+        for trial_id in unfinished:
+            run_id = self.run_ids[trial_id]
+            train_run = Path(self.train_storage) / trial_id
+            if train_run.is_dir():
+                backfill_epochs(self.client, run_id, str(train_run))
+            R.finish_run(self.client, run_id, "KILLED")
+            self.closed.add(trial_id)
+        return [self.run_ids[t] for t in unfinished]
