@@ -36,7 +36,7 @@ CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 def plain_pipeline(stats, size: int | None = None) -> T.Compose:
-    """What an evaluation item must be: (resize,) ToTensor, Normalize with the published statistics; no crop, no flip."""
+    """What an evaluation item must be: (resize,) ToTensor, Normalize by the published statistics; no crop or flip."""
     return T.Compose(([T.Resize((size, size))] if size else []) + [T.ToTensor(), T.Normalize(*stats)])
 
 
