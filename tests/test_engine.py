@@ -503,3 +503,15 @@ def test_local_reporter_on_the_test_split_keeps_only_the_last_epoch(tmp_path):
 
 def test_metrics_file_is_json(teacher_dir):
     assert isinstance(json.loads((teacher_dir / "meta.json").read_text())["metrics"], dict)
+
+
+def test_a_batch_that_workers_cannot_split_evenly_is_refused():
+    """train.batch_size is global: each of scaling.num_workers workers takes an equal share, or the job stops before
+    its first step with the two keys named."""
+    cfg = tiny("train.batch_size=33", "scaling.num_workers=2")
+    with pytest.raises(ValueError, match=r"^train.batch_size 33 is not divisible by scaling.num_workers 2$"):
+        run_job(cfg, "teacher", Runtime(world_size=2, rank=1))
+    seen: list[int] = []
+    run_job(tiny("train.batch_size=32", "data.synthetic_train_size=64"), "teacher",
+            Runtime(world_size=2, rank=1, report=lambda epoch, metrics, save: seen.append(epoch)))
+    assert seen == [1]
