@@ -13,6 +13,7 @@ from hsakd_ray.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    flatten,
     load_config,
     parse_override,
     read_yaml,
@@ -351,3 +352,13 @@ def test_configuration_reference_documents_every_key():
     text = (REPO / "docs" / "configuration.md").read_text()
     missing = [f"{s}.{k}" for s, k in every_key() if f"`{s}.{k}`" not in text]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_flatten_names_params_by_their_dotted_keys():
+    """What a job logs as MLflow params: one ``section.key`` per config key, values as written."""
+    cfg = load_config(None, ["optim.lr=0.1", "student.aux_stages=[2, 3]", "tracking.run_name=r1"])
+    flat = flatten(config_to_dict(cfg))
+    assert flat["optim.lr"] == 0.1 and flat["student.aux_stages"] == [2, 3] and flat["tracking.run_name"] == "r1"
+    assert flat["teacher.arch"] == "wrn_40_2" and flat["optim.milestones"] == [150, 180, 210]
+    assert flat["teacher.checkpoint"] is None and flat["train.epochs"] == 240
+    assert len(flat) == len(every_key()) and all(key.count(".") == 1 for key in flat)

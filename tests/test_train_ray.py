@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+import yaml
 from conftest import (
     alive,
     descendants,
@@ -175,6 +176,12 @@ def assert_job_run(client: MlflowClient, run_id: str, config: Path, kind: str, s
     assert run.info.status == "FINISHED"
     expected = {k: str(v) for k, v in flatten(config_to_dict(load_config(config))).items()}
     assert run.data.params == expected
+    written = yaml.safe_load(Path(config).read_text())  # a few, straight from the file the job was given
+    params = run.data.params
+    assert params["train.epochs"] == str(written["train"]["epochs"]) == str(EPOCHS)
+    assert params["scaling.num_workers"] == "2" and params["optim.lr"] == "0.05"
+    assert params["student.arch"] == "resnet8" and params["optim.milestones"] == "[]"
+    assert params["tracking.run_name"] == name and params["distill.temperature"] == "3.0"  # a default
     tags = run.data.tags
     assert tags["hsakd.kind"] == kind
     assert tags["hsakd.teacher_source"] == source
@@ -462,3 +469,35 @@ def test_sigterm_driver_marks_killed_and_resume_finishes_the_same_run(mlflow_ser
     assert_one_value_per_epoch(client, run_id, teacher_metrics())
     assert_same_weights(final_weights(workspace, name), final_weights(workspace, "teacher-ref"))
     assert sum("epoch 2/2" in line for line in log.splitlines()) == 1  # each epoch line once in the driver log
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_a_job_whose_workers_fail_is_failed_with_the_error(ray_cluster, workspace, sqlite_uri):
+    """Images that cannot be decoded fail the worker in its first epoch; with ``ray.max_failures: 0`` the job stops,
+    its run is FAILED with the worker's exception as tag ``error``, and the error reaches the caller."""
+    from PIL import Image
+
+    root = workspace / "undecodable"
+    for split in ("train", "val"):
+        for label in ("ant", "bee"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                if split == "train":
+                    (folder / f"{i}.png").write_bytes(b"not an image")
+                else:
+                    Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(folder / f"{i}.png")
+    path = write_config(workspace / "failing.yaml", tiny_config(
+        data={"name": "imagefolder", "root": str(root), "image_size": 16},
+        train={"epochs": 1, "batch_size": 4, "output_dir": str(workspace / "outputs")},
+        ray={"storage_path": str(workspace / "ray_results"), "max_failures": 0},
+        tracking={"experiment": "train-ray", "run_name": "teacher-failing"},
+    ))
+    with pytest.raises(Exception) as info:
+        run_ray_job(load_config(path), "teacher", config_path=str(path), tracking_uri=sqlite_uri)
+    client = MlflowClient(sqlite_uri)
+    (run,) = run_by_name(client, "teacher-failing")
+    print("error tag:", run.data.tags.get("error"))
+    assert run.info.status == "FAILED"
+    assert "UnidentifiedImageError" in run.data.tags["error"] or "cannot identify image" in run.data.tags["error"]
+    assert type(info.value).__name__ in run.data.tags["error"]
