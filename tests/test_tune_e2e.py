@@ -81,7 +81,7 @@ def test_quickstart_end_to_end(tmp_path):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
         assert steps == list(range(1, len(steps) + 1)), steps  # one value per epoch, no gaps
         assert "test/top1" not in child.data.metrics  # trials never look at the test set
-        if child.info.status == "KILLED":
+        if child.info.status == "KILLED":  # whether ASHA stops one here depends on timing; a forced stop: test_asha_*
             assert child.data.tags["stopped_by"] == "asha" and len(steps) < epochs
         else:
             assert child.info.status == "FINISHED" and len(steps) == epochs
@@ -90,7 +90,6 @@ def test_quickstart_end_to_end(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "trials.csv", "metric_vs_params.png", "metric_by_placement.png",
             "learning_curves.png"} <= artifacts
-    assert sum(c.info.status == "KILLED" for c in children) >= 1, "ASHA stopped no trial"  # see test_asha_*
     best_child = assert_best_trial(client, parent, children)
 
     results = tmp_path / "ray_results" / "quickstart" / "results"
