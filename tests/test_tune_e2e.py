@@ -384,4 +384,6 @@ def test_optuna_search_end_to_end(tmp_path):
     assert all(t in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) for t in temperatures)
     for child in runs["trial"]:  # the sampled value is the one the trial trained with
         assert child.data.params["optim.lr"] == child.data.params["search.optim.lr"]
+    exp_path = tmp_path / "ray_results" / "optuna"  # Tune saved a Searcher's state, not the random generator's
+    assert list(exp_path.glob("searcher-state-*.pkl")) and not list(exp_path.glob("basic-variant-state-*"))
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
