@@ -126,8 +126,10 @@ def assert_holds_sampled_values(best_config: dict, run) -> None:
 
 def trial_result_epochs(exp_path: Path, trial_id: str) -> list[int]:
     """The epochs of every result Tune recorded for the trial, in order (its result.json, appended on restore)."""
-    (path,) = exp_path.glob(f"*{trial_id}*/result.json")
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+    paths = list(exp_path.glob(f"*{trial_id}*/result.json"))
+    assert len(paths) <= 1, paths
+    lines = paths[0].read_text().splitlines() if paths else []  # not yet synced from the driver's staging dir
+    return [json.loads(line)["epoch"] for line in lines if line.strip()]
 
 
 def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
