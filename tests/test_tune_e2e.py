@@ -124,12 +124,11 @@ def assert_holds_sampled_values(best_config: dict, run) -> None:
         assert str(best_config[section][name]) == value, key
 
 
-def trial_result_epochs(exp_path: Path, trial_id: str) -> list[int]:
-    """The epochs of every result Tune recorded for the trial, in order (its result.json, appended on restore)."""
-    paths = list(exp_path.glob(f"*{trial_id}*/result.json"))
-    assert len(paths) <= 1, paths
-    lines = paths[0].read_text().splitlines() if paths else []  # not yet synced from the driver's staging dir
-    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+def trial_result_epochs(exp_path: Path, trial_id: str, after: float) -> list[int]:
+    """The epochs of the results Tune recorded for the trial after time ``after`` (seconds), in report order."""
+    (path,) = exp_path.glob(f"*{trial_id}*/result.json")
+    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["epoch"] for r in sorted(results, key=lambda r: r["timestamp"]) if r["timestamp"] > after]
 
 
 def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
@@ -180,7 +179,7 @@ def test_resume_after_killed_driver(tmp_path):
     assert 1 <= len(logged_at_kill) < 3, logged_at_kill  # killed unfinished
     checkpoint_epoch = read_meta(Result.from_path(str(tmp_path / "ray_results" / "resume-trials" / cut_id))
                                  .checkpoint.path)["epoch"]
-    reported_before = len(trial_result_epochs(exp_path, cut_id))
+    killed_at = time.time()  # Tune stamps each result with its report time in whole seconds
 
     resumed = start_cli("tune", str(space), "--resume", str(exp_path), cwd=tmp_path, log=tmp_path / "log2.txt")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "log2.txt").read_text()[-3000:]
@@ -213,7 +212,7 @@ def test_resume_after_killed_driver(tmp_path):
         if trial_id in finished_before:  # a finished trial is not run again
             assert child.info.end_time == finished_before[trial_id]
     # the cut trial continued from its checkpoint: its first report after --resume is the checkpoint's epoch + 1
-    after = trial_result_epochs(exp_path, cut_id)[reported_before:]
+    after = trial_result_epochs(exp_path, cut_id, after=killed_at)
     print(f"killed after epochs {logged_at_kill} in MLflow, checkpoint of epoch {checkpoint_epoch}; "
           f"reported after --resume: {after}")
     assert after == list(range(checkpoint_epoch + 1, 4)), after
