@@ -280,9 +280,11 @@ def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp
     assert any(len(set(r)) > 1 for r in rates.values()), rates  # some trial's lr was replaced mid-run
     restarts = list((tmp_path / "ray_results" / "pbt-trials").glob("*-from-*"))
     assert restarts, "no Train run was started from a donor checkpoint"
-    for run in restarts:  # a restarted run continues the donor's epochs: its first checkpoint is past epoch 1
-        epochs = sorted(read_meta(d)["epoch"] for d in run.glob("checkpoint_*") if d.is_dir())
-        assert epochs and epochs[0] > 1, (run.name, epochs)
+    # a restarted run continues the donor's epochs: its first checkpoint is past epoch 1 (a restart that PBT paused
+    # again before its first report has none)
+    restarted = {run.name: sorted(read_meta(d)["epoch"] for d in run.glob("checkpoint_*") if d.is_dir())
+                 for run in restarts}
+    assert any(restarted.values()) and all(e[0] > 1 for e in restarted.values() if e), restarted
 
     # the exploit moved weights: right after it, the lagging trial scores near its donor, far above itself before
     (lagging,) = [t for t, r in rates.items() if r[0] == pytest.approx(1.0e-5)]
