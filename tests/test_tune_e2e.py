@@ -317,11 +317,15 @@ def student_only_space(tmp_path: Path, name: str, search: dict, **tune_keys) -> 
 
 
 def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(tmp_path):
-    """Two trials one after the other, the second with a learning rate too small to learn: at ASHA's rung (epoch 1)
-    it scores below the first trial's value there, so ASHA stops it: KILLED with ``stopped_by``, one epoch logged.
-    The experiment's best trial is the first one, and best_config.yaml carries its learning rate."""
+    """Two trials one after the other, the second with a learning rate too small to learn: at ASHA's rung (epoch 2;
+    measured: the first trial's val/top1 is 14.5 after epoch 1, 63.4 after epoch 2) it scores below the first trial's
+    value there, so ASHA stops it: KILLED with ``stopped_by``, two of three epochs logged. The experiment's best
+    trial is the first one, and best_config.yaml carries its learning rate."""
     space = student_only_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, search_alg="grid",
-                               scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+                               scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["train"]["epochs"] = 3
+    space.write_text(yaml.safe_dump(raw))
     proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
     assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
 
@@ -333,7 +337,7 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
     slow, fast = trials["1e-06"], trials["0.1"]
     assert fast.info.status == "FINISHED" and "stopped_by" not in fast.data.tags
     assert slow.info.status == "KILLED" and slow.data.tags["stopped_by"] == "asha"
-    assert [m.step for m in client.get_metric_history(slow.info.run_id, "val/top1")] == [1]
+    assert sorted(m.step for m in client.get_metric_history(slow.info.run_id, "val/top1")) == [1, 2]
     assert best_top1(client, fast) > best_top1(client, slow)
     assert assert_best_trial(client, parent, list(trials.values())) is fast
     best = yaml.safe_load((tmp_path / "ray_results" / "asha" / "results" / "best_config.yaml").read_text())
