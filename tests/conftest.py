@@ -21,6 +21,9 @@ import yaml
 SESSION_MARK = "HSAKD_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 os.environ.pop("RAY_ADDRESS", None)  # a test's Ray is its own, never a cluster that happens to be running here
+# On a shared, loaded machine a Train worker process can take over Ray Train's default 60 s to start (seen with a
+# load average of 15 on 2 cores); the run then retries the start forever. Inherited by every Ray process a test starts.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 BIN = Path(sys.executable).parent
 

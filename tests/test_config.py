@@ -13,6 +13,7 @@ from hsakd_ray.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    flatten,
     load_config,
     parse_override,
     read_yaml,
@@ -50,11 +51,50 @@ def test_published_defaults():
     assert cfg.teacher.aux_stages == "all" and cfg.student.aux_stages == "all"
 
 
-@pytest.mark.parametrize("section,key", every_key(), ids=lambda v: str(v))
-def test_every_key_accepts_its_default(section, key):
+# An allowed value other than the default for every key (booleans and one-of keys are flipped / moved below).
+NON_DEFAULT = {
+    "data.name": "digits", "data.root": "/srv/data", "data.train_root": "/srv/train", "data.val_root": "/srv/val",
+    "data.image_size": 24, "data.val_fraction": 0.25, "data.split_seed": 7, "data.few_shot_ratio": 0.5,
+    "data.synthetic_train_size": 100, "data.synthetic_test_size": 30, "data.synthetic_classes": 3,
+    "data.loader_workers": 2,
+    "teacher.arch": "resnet8", "teacher.aux_stages": [2, 3], "teacher.checkpoint": "runs:/abc/checkpoint",
+    "teacher.pretrained": "/srv/backbone.pt",
+    "student.arch": "resnet8", "student.aux_stages": [1, 3], "student.checkpoint": "outputs/s/best",
+    "student.pretrained": "/srv/student.pt",
+    "distill.method": "kd", "distill.temperature": 4.5, "distill.head_temperature": 2.0, "distill.alpha": 0.5,
+    "distill.beta": 2.0,
+    "distill.head_weights": [1.0, 0.5, 0.25],  # the default student (wrn_16_2) has 3 heads
+    "optim.lr": 0.1, "optim.momentum": 0.5, "optim.weight_decay": 1e-4, "optim.milestones": [10, 20],
+    "optim.gamma": 0.5, "optim.warmup_epochs": 3,
+    "train.epochs": 30, "train.batch_size": 128, "train.seed": 3, "train.output_dir": "/srv/out",
+    "train.checkpoint_every": 5, "train.cpu_chunk_rows": 16, "train.threads": 2, "train.compile": True,
+    "scaling.num_workers": 4, "scaling.cpus_per_worker": 0.5, "scaling.gpus_per_worker": 0.25,
+    "ray.address": "auto", "ray.storage_path": "s3://bucket/results", "ray.max_failures": -1,
+    "tracking.uri": "http://127.0.0.1:5000", "tracking.experiment": "other", "tracking.run_name": "run-1",
+    "tracking.register_model": "student",
+}
+
+
+def non_default(section: str, key: str):
     default = getattr(getattr(Config(), section), key)
-    cfg = config_from_dict({section: {key: default}})
-    assert getattr(getattr(cfg, section), key) == default
+    if f"{section}.{key}" in NON_DEFAULT:
+        return NON_DEFAULT[f"{section}.{key}"]
+    if isinstance(default, bool):
+        return not default
+    tp = {f.name: f.type for f in dataclasses.fields(getattr(Config(), section))}[key]
+    options = re.findall(r"'([^']+)'", str(tp)) if str(tp).startswith("Literal") else []
+    assert options, f"add an allowed non-default value for {section}.{key} to NON_DEFAULT"
+    return next(o for o in options if o != default)
+
+
+@pytest.mark.parametrize("section,key", every_key(), ids=lambda v: str(v))
+def test_every_key_reads_back_a_non_default_value(section, key):
+    value = non_default(section, key)
+    assert value != getattr(getattr(Config(), section), key)
+    cfg = config_from_dict({section: {key: value}})
+    assert getattr(getattr(cfg, section), key) == value
+    others = {(s, k) for s, k in every_key() if (s, k) != (section, key)}
+    assert all(getattr(getattr(cfg, s), k) == getattr(getattr(Config(), s), k) for s, k in others)
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -316,3 +356,13 @@ def test_configuration_reference_documents_every_key():
     text = (REPO / "docs" / "configuration.md").read_text()
     missing = [f"{s}.{k}" for s, k in every_key() if f"`{s}.{k}`" not in text]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_flatten_names_params_by_their_dotted_keys():
+    """What a job logs as MLflow params: one ``section.key`` per config key, values as written."""
+    cfg = load_config(None, ["optim.lr=0.1", "student.aux_stages=[2, 3]", "tracking.run_name=r1"])
+    flat = flatten(config_to_dict(cfg))
+    assert flat["optim.lr"] == 0.1 and flat["student.aux_stages"] == [2, 3] and flat["tracking.run_name"] == "r1"
+    assert flat["teacher.arch"] == "wrn_40_2" and flat["optim.milestones"] == [150, 180, 210]
+    assert flat["teacher.checkpoint"] is None and flat["train.epochs"] == 240
+    assert len(flat) == len(every_key()) and all(key.count(".") == 1 for key in flat)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import Subset
+from torchvision import transforms as T
 
 from hsakd_ray.config import DataConfig
 from hsakd_ray.data import (
@@ -26,7 +27,17 @@ from hsakd_ray.data import (
     stratified_split,
     tensor_augmentation,
 )
-from hsakd_ray.data.transforms import CIFAR10_STATS, CIFAR100_STATS, RandomCropFlip, crop_flip_pipelines
+from hsakd_ray.data.transforms import RandomCropFlip
+
+# The per-channel (mean, std) normalisation HSAKD's CIFAR scripts publish (CIFAR-100: train_baseline_cifar.py),
+# and the usual CIFAR-10 figures; written out here, not imported from the module under test.
+CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+def plain_pipeline(stats, size: int | None = None) -> T.Compose:
+    """What an evaluation item must be: (resize,) ToTensor, Normalize by the published statistics; no crop or flip."""
+    return T.Compose(([T.Resize((size, size))] if size else []) + [T.ToTensor(), T.Normalize(*stats)])
 
 
 def digits(**overrides) -> DataConfig:
@@ -94,7 +105,8 @@ def test_digits_training_items_are_augmented_and_eval_items_are_not():
     bundle = build_datasets(digits())
     reads = torch.stack([bundle.train[0][0] for _ in range(20)])
     assert not all(torch.equal(reads[0], r) for r in reads[1:])
-    assert torch.equal(bundle.eval[0][0], bundle.eval[0][0])
+    stored = as_tensors(bundle.eval)[0]  # the normalised images, before any per-read transform
+    assert all(torch.equal(bundle.eval[i][0], stored[i]) for i in range(0, len(bundle.eval), 37))
     plain = build_datasets(digits(augment=False))
     assert torch.equal(plain.train[0][0], as_tensors(plain.train)[0][0])
 
@@ -184,7 +196,7 @@ def test_cifar_at_native_size_is_held_in_memory_with_the_pil_pipelines_values(ci
     assert len(bundle.train) + len(bundle.eval) == 300
     with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
-    pil_eval = crop_flip_pipelines(32, 32, CIFAR100_STATS, augment=False)[1]
+    pil_eval = plain_pipeline(CIFAR100_STATS)
     index = bundle.train.indices[5]
     picture = Image.fromarray(raw["data"][index].reshape(3, 32, 32).transpose(1, 2, 0))
     assert torch.equal(train_images[5], pil_eval(picture)) and int(train_labels[5]) == raw["fine_labels"][index]
@@ -272,7 +284,11 @@ def test_cifar_reads_the_published_format(cifar_root, name, folder, train_file, 
 def test_cifar_published_augmentation_and_resize(cifar_root):
     bundle = build_datasets(DataConfig(name="cifar100", root=str(cifar_root), val_fraction=0.5, image_size=24))
     assert bundle.eval_split == "val" and bundle.train[0][0].shape == (3, 24, 24)
-    assert torch.equal(bundle.eval[0][0], bundle.eval[0][0])
+    with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")["data"]
+    for i in (0, 7, 31):  # an evaluation item is the resized, normalised picture: no crop, no flip
+        picture = Image.fromarray(raw[bundle.eval.indices[i]].reshape(3, 32, 32).transpose(1, 2, 0))
+        assert torch.equal(bundle.eval[i][0], plain_pipeline(CIFAR100_STATS, 24)(picture))
     reads = [bundle.train[0][0] for _ in range(10)]
     assert not all(torch.equal(reads[0], r) for r in reads[1:])
 

@@ -108,10 +108,17 @@ def test_student_loss_refuses_unpaired_heads(batch):
 
 
 def test_student_head_gradients_reach_student_only(batch):
+    """The teacher's logits and heads are targets: gradients reach the student's logits and every student head, and
+    none reaches the teacher's outputs, even when they are handed over attached to a graph."""
     s = batch["s"].clone().requires_grad_(True)
+    s_aux = [q.clone().requires_grad_(True) for q in batch["s_aux"]]
     t = batch["t"].clone().requires_grad_(True)
-    student_loss(s, [], t.detach(), [], batch["y"])["loss"].backward()
+    t_aux = [q.clone().requires_grad_(True) for q in batch["t_aux"]]
+    student_loss(s, s_aux, t * 1.0, [q * 1.0 for q in t_aux], batch["y"])["loss"].backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in s_aux)
+    assert t.grad is None and all(q.grad is None for q in t_aux)
+    kd_loss(s[::4], t[::4] * 1.0, batch["y"])["loss"].backward()
     assert t.grad is None
 
 
@@ -136,18 +143,23 @@ def test_mutual_loss_matches_section_6(batch):
 
 
 def test_metrics_count_topk_and_head_accuracies():
-    y = torch.tensor([1, 0])
-    logits = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.3, 0.5]])  # row 0 right, row 1 wrong at top-1
+    """Ten classes, so top-5 can miss: row 0 right at top-1, row 1 right only at rank 3, row 2 wrong at rank 7."""
+    y = torch.tensor([1, 0, 4])
+    logits = torch.zeros(3, 10)
+    logits[0] = torch.linspace(0, 1, 10).flip(0)
+    logits[0, 1] = 2.0                                                  # rank 1
+    logits[1] = torch.arange(10.0)
+    logits[1, 0] = 6.5                                                  # 9, 8, 7, 6.5: rank 4
+    logits[2] = torch.arange(10.0)                                      # label 4 is at rank 6
     joint = (4 * y.unsqueeze(1) + torch.arange(4)).reshape(-1)
-    q = torch.zeros(8, 12)
-    q[torch.arange(8), joint] = 5.0  # perfect SSL
-    q[7] = 0.0
-    q[7, 8] = 5.0  # last row predicts class 2 rotation 0: wrong joint label and wrong class
-    sums = eval_sums(logits, y, [q], joint)
-    m = finalize_metrics(sums)
-    assert m["top1"] == 50.0 and m["top5"] == 100.0
-    assert m["head_0_ssl_acc"] == pytest.approx(100 * 7 / 8)
-    assert m["head_0_class_acc"] == pytest.approx(100 * 7 / 8)
+    q = torch.zeros(12, 40)
+    q[torch.arange(12), joint] = 5.0  # perfect SSL
+    q[11] = 0.0
+    q[11, 8] = 5.0  # last row predicts class 2 rotation 0: wrong joint label and wrong class
+    m = finalize_metrics(eval_sums(logits, y, [q], joint))
+    assert m["top1"] == pytest.approx(100 / 3) and m["top5"] == pytest.approx(200 / 3)
+    assert m["head_0_ssl_acc"] == pytest.approx(100 * 11 / 12)
+    assert m["head_0_class_acc"] == pytest.approx(100 * 11 / 12)
     assert head_class_logits(torch.arange(8.0).reshape(1, 8)).tolist() == [[6.0, 22.0]]
 
 

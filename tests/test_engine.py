@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hsakd_ray.config import Config, OptimConfig, apply_overrides, config_from_dict, dump_config, load_config
-from hsakd_ray.data import build_datasets
+from hsakd_ray.data import as_tensors, build_datasets
 from hsakd_ray.engine import (
     CheckpointError,
     Runtime,
@@ -163,16 +163,30 @@ EXPECTED_PARTS = {
 }
 
 
+def evaluate_top1(net: torch.nn.Module, cfg: Config) -> float:
+    """Top-1 (%) of ``net`` on the config's eval split, counted here with plain argmax."""
+    data = build_datasets(cfg.data)
+    images, labels = as_tensors(data.eval)
+    with torch.no_grad():
+        logits, _ = net.eval()(images)
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+
 @pytest.mark.parametrize("method", sorted(EXPECTED_PARTS))
-def test_distill_method_runs_an_epoch_with_finite_named_losses(method, teacher_dir):
-    cfg = tiny(f"distill.method={method}", f"teacher.checkpoint={teacher_dir}")
-    metrics = run_job(cfg, "distill")
+def test_distill_method_runs_an_epoch_with_finite_named_losses(method, teacher_dir, tmp_path):
+    # fp32: the recount below runs in fp32, and a bf16 evaluation (precision auto on a bf16 CPU) may flip an image
+    cfg = tiny(f"distill.method={method}", f"teacher.checkpoint={teacher_dir}", "train.precision=fp32")
+    metrics = train_and_save(cfg, "distill", tmp_path / "run")
     parts = {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
     assert set(parts) == EXPECTED_PARTS[method]
     assert all(math.isfinite(v) for v in parts.values())
-    assert 0.0 <= metrics["test/top1"] <= 100.0
+    # the reported accuracy is the saved network's accuracy on the eval split, counted again here
+    student = load_network(tmp_path / "run" / "latest", role="checkpoint")
+    assert metrics["test/top1"] == pytest.approx(evaluate_top1(student, cfg))
     if method == "mutual":
-        assert 0.0 <= metrics["peer_test/top1"] <= 100.0
+        peer = torch.load(tmp_path / "run" / "latest" / "peer.pt", weights_only=True)
+        student.load_state_dict(peer)
+        assert metrics["peer_test/top1"] == pytest.approx(evaluate_top1(student, cfg))
 
 
 def test_hsakd_student_pairs_with_the_teacher_heads_at_its_stages(teacher_dir):
@@ -413,13 +427,14 @@ def test_optimizer_is_nesterov_sgd_with_the_configured_values():
     assert plain.param_groups[0]["nesterov"] is False  # torch refuses Nesterov without momentum
 
 
-def test_run_reports_the_scheduled_lr_per_epoch(tmp_path):
-    cfg = tiny("train.epochs=3", "optim.schedule=multistep", "optim.milestones=[2]", "optim.lr=0.1",
-               "optim.warmup_epochs=1", "data.synthetic_train_size=16", "data.synthetic_test_size=8",
+def test_run_reports_the_scheduled_lr_per_epoch_with_warmup(tmp_path):
+    """Two warm-up epochs ramp the lr (0.05, then 0.1), then the multistep schedule divides it by 10 at epoch 3."""
+    cfg = tiny("train.epochs=4", "optim.schedule=multistep", "optim.milestones=[3]", "optim.lr=0.1",
+               "optim.warmup_epochs=2", "data.synthetic_train_size=16", "data.synthetic_test_size=8",
                "student.aux_stages=[]", "distill.method=ce")
     seen: list[float] = []
     run_job(cfg, "distill", Runtime(report=lambda epoch, metrics, save: seen.append(metrics["lr"])))
-    assert seen == pytest.approx([0.1, 0.1, 0.01])
+    assert seen == pytest.approx([0.05, 0.1, 0.1, 0.01])
 
 
 # ---------------------------------------------------------------- resuming
@@ -443,7 +458,14 @@ def test_resuming_from_train_state_reproduces_the_uninterrupted_run(tmp_path, ki
         run_job(cfg, kind, Runtime(report=stop_after_first_epoch))
     state = load_train_state(tmp_path / "cut" / "latest")
     assert state["epoch"] == 1
-    resumed = run_job(cfg, kind, Runtime(report=quiet_reporter(tmp_path / "cut", cfg), resume_state=state))
+    second, reported = quiet_reporter(tmp_path / "cut", cfg), []
+
+    def record(epoch, metrics, save):
+        reported.append(epoch)
+        second(epoch, metrics, save)
+
+    resumed = run_job(cfg, kind, Runtime(report=record, resume_state=state))
+    assert reported == [2, 3]  # only the epochs after the checkpoint: nothing retrained from scratch
     assert resumed["epoch"] == 3
     for name in ["model.pt"] + (["peer.pt"] if kind == "distill" else []):
         whole = torch.load(tmp_path / "whole" / "latest" / name, weights_only=True)
@@ -482,3 +504,15 @@ def test_local_reporter_on_the_test_split_keeps_only_the_last_epoch(tmp_path):
 
 def test_metrics_file_is_json(teacher_dir):
     assert isinstance(json.loads((teacher_dir / "meta.json").read_text())["metrics"], dict)
+
+
+def test_a_batch_that_workers_cannot_split_evenly_is_refused():
+    """train.batch_size is global: each of scaling.num_workers workers takes an equal share, or the job stops before
+    its first step with the two keys named."""
+    cfg = tiny("train.batch_size=33", "scaling.num_workers=2")
+    with pytest.raises(ValueError, match=r"^train.batch_size 33 is not divisible by scaling.num_workers 2$"):
+        run_job(cfg, "teacher", Runtime(world_size=2, rank=1))
+    seen: list[int] = []
+    run_job(tiny("train.batch_size=32", "data.synthetic_train_size=64"), "teacher",
+            Runtime(world_size=2, rank=1, report=lambda epoch, metrics, save: seen.append(epoch)))
+    assert seen == [1]

@@ -5,7 +5,9 @@ the whole training set after the sweep, reused by a second call)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,6 +17,9 @@ import pytest
 import yaml
 from conftest import marked_processes, server_pids, start_cli, wait_for_no_processes
 from mlflow.tracking import MlflowClient
+from ray.train import Result
+
+from hsakd_ray.engine import read_meta
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +81,7 @@ def test_quickstart_end_to_end(tmp_path):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
         assert steps == list(range(1, len(steps) + 1)), steps  # one value per epoch, no gaps
         assert "test/top1" not in child.data.metrics  # trials never look at the test set
-        if child.info.status == "KILLED":
+        if child.info.status == "KILLED":  # whether ASHA stops one here depends on timing; a forced stop: test_asha_*
             assert child.data.tags["stopped_by"] == "asha" and len(steps) < epochs
         else:
             assert child.info.status == "FINISHED" and len(steps) == epochs
@@ -85,16 +90,45 @@ def test_quickstart_end_to_end(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "trials.csv", "metric_vs_params.png", "metric_by_placement.png",
             "learning_curves.png"} <= artifacts
-    assert parent.data.tags["best_trial_id"] in {c.data.tags["hsakd.trial_id"] for c in children}
+    best_child = assert_best_trial(client, parent, children)
 
     results = tmp_path / "ray_results" / "quickstart" / "results"
     best = yaml.safe_load((results / "best_config.yaml").read_text())
     final_ref = f"runs:/{teachers['quickstart-final-teacher'].info.run_id}/checkpoint"
     assert best["data"]["val_fraction"] == 0.0 and best["teacher"]["checkpoint"] == final_ref
+    assert_holds_sampled_values(best, best_child)
     with open(results / "trials.csv") as f:
         assert len(list(csv.DictReader(f))) == len(children)
     assert "Top trials by val/top1" in log and "best config:" in log
     assert not wait_for_no_processes(exclude=server_pids()), "the experiment left processes behind"
+
+
+def best_top1(client: MlflowClient, run) -> float:
+    return max(m.value for m in client.get_metric_history(run.info.run_id, "val/top1"))
+
+
+def assert_best_trial(client: MlflowClient, parent, children: list):
+    """``best_trial_id`` names the trial with the highest val/top1; returns that trial's run."""
+    best = max(children, key=lambda c: best_top1(client, c))
+    assert parent.data.tags["best_trial_id"] == best.data.tags["hsakd.trial_id"]
+    assert parent.data.tags["best_mlflow_run_id"] == best.info.run_id
+    return best
+
+
+def assert_holds_sampled_values(best_config: dict, run) -> None:
+    """best_config.yaml carries each value the trial sampled (its ``search.*`` params)."""
+    sampled = {k.removeprefix("search."): v for k, v in run.data.params.items() if k.startswith("search.")}
+    assert sampled
+    for key, value in sampled.items():
+        section, name = key.split(".")
+        assert str(best_config[section][name]) == value, key
+
+
+def trial_result_epochs(exp_path: Path, trial_id: str, after: float) -> list[int]:
+    """The epochs of the results Tune recorded for the trial after time ``after`` (seconds), in report order."""
+    (path,) = exp_path.glob(f"*{trial_id}*/result.json")
+    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["epoch"] for r in sorted(results, key=lambda r: r["timestamp"]) if r["timestamp"] > after]
 
 
 def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
@@ -131,14 +165,22 @@ def test_resume_after_killed_driver(tmp_path):
         done = {t.data.tags["hsakd.trial_id"] for t in trials if t.info.status == "FINISHED"}
         running = [t for t in trials if t.info.status == "RUNNING" and
                    client.get_metric_history(t.info.run_id, "val/top1")]
-        if done and running:
+        if done and running and len(client.get_metric_history(running[0].info.run_id, "val/top1")) == 1:
             finished_before = {t.data.tags["hsakd.trial_id"]: t.info.end_time for t in trials
                                if t.info.status == "FINISHED"}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started, without warning
     proc.wait()
     wait_for_no_processes(exclude=server_pids(), timeout=30)
-
     exp_path = tmp_path / "ray_results" / "resume"
+    (cut,) = [t for t in client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'")
+              if t.data.tags["hsakd.trial_id"] not in finished_before]
+    cut_id = cut.data.tags["hsakd.trial_id"]
+    logged_at_kill = [m.step for m in client.get_metric_history(cut.info.run_id, "val/top1")]
+    assert 1 <= len(logged_at_kill) < 3, logged_at_kill  # killed unfinished
+    checkpoint_epoch = read_meta(Result.from_path(str(tmp_path / "ray_results" / "resume-trials" / cut_id))
+                                 .checkpoint.path)["epoch"]
+    killed_at = time.time()  # Tune stamps each result with its report time in whole seconds
+
     resumed = start_cli("tune", str(space), "--resume", str(exp_path), cwd=tmp_path, log=tmp_path / "log2.txt")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "log2.txt").read_text()[-3000:]
     log2 = (tmp_path / "log2.txt").read_text()
@@ -169,6 +211,11 @@ def test_resume_after_killed_driver(tmp_path):
         trial_id = child.data.tags["hsakd.trial_id"]
         if trial_id in finished_before:  # a finished trial is not run again
             assert child.info.end_time == finished_before[trial_id]
+    # the cut trial continued from its checkpoint: its first report after --resume is the checkpoint's epoch + 1
+    after = trial_result_epochs(exp_path, cut_id, after=killed_at)
+    print(f"killed after epochs {logged_at_kill} in MLflow, checkpoint of epoch {checkpoint_epoch}; "
+          f"reported after --resume: {after}")
+    assert after == list(range(checkpoint_epoch + 1, 4)), after
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
     # a second call on the finished experiment trains no teacher again: both are reused, best_config is unchanged
@@ -233,6 +280,119 @@ def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp
     assert any(len(set(r)) > 1 for r in rates.values()), rates  # some trial's lr was replaced mid-run
     restarts = list((tmp_path / "ray_results" / "pbt-trials").glob("*-from-*"))
     assert restarts, "no Train run was started from a donor checkpoint"
+    # a restarted run continues the donor's epochs: its first checkpoint is past epoch 1 (a restart that PBT paused
+    # again before its first report has none)
+    restarted = {run.name: sorted(read_meta(d)["epoch"] for d in run.glob("checkpoint_*") if d.is_dir())
+                 for run in restarts}
+    assert any(restarted.values()) and all(e[0] > 1 for e in restarted.values() if e), restarted
+
+    # the exploit moved weights: right after it, the lagging trial scores near its donor, far above itself before
+    (lagging,) = [t for t, r in rates.items() if r[0] == pytest.approx(1.0e-5)]
+    (donor,) = set(rates) - {lagging}
+    top1 = {c.data.tags["hsakd.trial_id"]: {m.step: m.value for m in client.get_metric_history(c.info.run_id,
+                                                                                             "val/top1")}
+            for c in children}
+    exploit = next(step for step, lr in enumerate(rates[lagging], start=1) if lr != pytest.approx(1.0e-5))
+    print(f"exploit at epoch {exploit}: lagging {top1[lagging]}, donor {top1[donor]}")
+    assert top1[lagging][exploit] > top1[lagging][exploit - 1] + 20
+    assert top1[lagging][exploit] > top1[donor][exploit - 1] - 25
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+
+def student_only_space(tmp_path: Path, name: str, search: dict, **tune_keys) -> Path:
+    """A sweep of CE-only students (no teacher to train): the quickest real sweep, 1-CPU trials one at a time."""
+    raw = {
+        "base": {"data": {"name": "digits", "image_size": 16, "val_fraction": 0.1},
+                 "student": {"arch": "resnet8", "aux_stages": []}, "distill": {"method": "ce"},
+                 "optim": {"lr": 0.1, "schedule": "constant", "milestones": []},
+                 "train": {"epochs": 2, "batch_size": 64}, "ray": {"max_failures": 0},
+                 "tracking": {"experiment": name}},
+        "search": search,
+        "tune": {"name": name, "max_concurrent_trials": 1, "resources": {"num_workers": 1, "cpus_per_worker": 1},
+                 **tune_keys},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(tmp_path):
+    """Two trials one after the other, the second with a learning rate too small to learn: at ASHA's rung (epoch 2;
+    measured: the first trial's val/top1 is 14.5 after epoch 1, 63.4 after epoch 2) it scores below the first trial's
+    value there, so ASHA stops it: KILLED with ``stopped_by``, two of three epochs logged. The experiment's best
+    trial is the first one, and best_config.yaml carries its learning rate."""
+    space = student_only_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, search_alg="grid",
+                               scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["train"]["epochs"] = 3
+    space.write_text(yaml.safe_dump(raw))
+    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_by_kind(client, "asha")
+    (parent,) = runs["tune"]
+    trials = {c.data.params["search.optim.lr"]: c for c in runs["trial"]}
+    assert set(trials) == {"0.1", "1e-06"}
+    slow, fast = trials["1e-06"], trials["0.1"]
+    assert fast.info.status == "FINISHED" and "stopped_by" not in fast.data.tags
+    assert slow.info.status == "KILLED" and slow.data.tags["stopped_by"] == "asha"
+    assert sorted(m.step for m in client.get_metric_history(slow.info.run_id, "val/top1")) == [1, 2]
+    assert best_top1(client, fast) > best_top1(client, slow)
+    assert assert_best_trial(client, parent, list(trials.values())) is fast
+    best = yaml.safe_load((tmp_path / "ray_results" / "asha" / "results" / "best_config.yaml").read_text())
+    assert_holds_sampled_values(best, fast)
+    assert best["optim"]["lr"] == 0.1
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+
+def test_failed_trials_are_failed_with_their_error_and_so_is_the_sweep(tmp_path):
+    """A trial whose Train run cannot start (its storage is a file, not a directory) ends FAILED with the exception
+    as tag ``error``; with no trial reporting the metric the sweep's parent run is FAILED too, and the command fails."""
+    space = student_only_space(tmp_path, "broken", {"optim.lr": {"choice": [0.1]}})
+    (tmp_path / "ray_results").mkdir()
+    (tmp_path / "ray_results" / "broken-trials").write_text("not a directory")
+    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
+    code = proc.wait(timeout=900)
+    log = (tmp_path / "log.txt").read_text()
+    assert code not in (0, None), log[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_by_kind(client, "broken")
+    (parent,), (failed,) = runs["tune"], runs["trial"]
+    print("trial error:", failed.data.tags.get("error"), "| parent error:", parent.data.tags.get("error"))
+    assert failed.info.status == "FAILED"
+    assert re.search(r"(FileExists|NotADirectory|FileNotFound)Error", failed.data.tags["error"])
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"] == "no trial reported the tuning metric"
+    assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
+
+
+def test_optuna_search_end_to_end(tmp_path):
+    """search_alg optuna (the optional extra) samples each trial's value from the space and the sweep finishes."""
+    pytest.importorskip("optuna")
+    space = student_only_space(tmp_path, "optuna", {"optim.lr": {"loguniform": [0.01, 0.2]},
+                                                    "distill.temperature": {"quniform": [1.0, 4.0, 0.5]}},
+                               search_alg="optuna", num_samples=2)
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["train"]["epochs"] = 1
+    space.write_text(yaml.safe_dump(raw))
+    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_by_kind(client, "optuna")
+    (parent,) = runs["tune"]
+    assert parent.info.status == "FINISHED" and parent.data.params["tune.search_alg"] == "optuna"
+    assert len(runs["trial"]) == 2 and all(c.info.status == "FINISHED" for c in runs["trial"])
+    rates = [float(c.data.params["search.optim.lr"]) for c in runs["trial"]]
+    temperatures = [float(c.data.params["search.distill.temperature"]) for c in runs["trial"]]
+    assert all(0.01 <= r <= 0.2 for r in rates) and len(set(rates)) == 2
+    assert all(t in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) for t in temperatures)
+    for child in runs["trial"]:  # the sampled value is the one the trial trained with
+        assert child.data.params["optim.lr"] == child.data.params["search.optim.lr"]
+    exp_path = tmp_path / "ray_results" / "optuna"  # Tune saved a Searcher's state, not the random generator's
+    assert list(exp_path.glob("searcher-state-*.pkl")) and not list(exp_path.glob("basic-variant-state-*"))
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 

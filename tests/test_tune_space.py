@@ -1,12 +1,17 @@
 """Search spaces: every shipped space validates; each kind of bad input is refused before any trial starts."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from hsakd_ray.config import ConfigError
 from hsakd_ray.tune.searchers import build_scheduler, param_space
 from hsakd_ray.tune.space import final_config, load_space, trial_config
+from hsakd_ray.tune.trial import restart_run_name
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"
@@ -35,11 +40,46 @@ def test_published_settings_are_the_cifar_base():
     assert space.teacher_config.teacher.arch == "wrn_40_2"
 
 
-def test_trial_config_applies_sampled_values_and_resources():
-    space = load_space(QUICKSTART)
-    cfg = trial_config(space, {"student.aux_stages": [2, 3], "distill.temperature": 4.5})
+def test_trial_config_applies_sampled_values_and_resources(tmp_path):
+    path = write_space(tmp_path, tune__resources={"num_workers": 2, "cpus_per_worker": 0.5})
+    cfg = trial_config(load_space(path), {"student.aux_stages": [2, 3], "distill.temperature": 4.5})
     assert cfg.student.aux_stages == [2, 3] and cfg.distill.temperature == 4.5
-    assert cfg.scaling.num_workers == space.tune.resources.num_workers
+    assert (cfg.scaling.num_workers, cfg.scaling.cpus_per_worker, cfg.scaling.use_gpu) == (2, 0.5, False)
+
+
+def test_randint_and_quniform_draw_the_values_they_promise(tmp_path):
+    """``randint: [lo, hi]`` draws integers lo..hi-1 (hi excluded, as in Tune); ``quniform: [lo, hi, q]`` draws
+    multiples of q in [lo, hi]. The drawn values go through the config like any sampled value."""
+    path = write_space(tmp_path, search={"train.batch_size": {"randint": [30, 34]},
+                                         "distill.temperature": {"quniform": [1.0, 3.0, 0.5]}})
+    space = load_space(path)
+    params = param_space(space)["params"]
+    rng = np.random.default_rng(0)
+    sizes = [params["train.batch_size"].sample(random_state=rng) for _ in range(300)]  # one at a time, as Tune does
+    temperatures = [params["distill.temperature"].sample(random_state=rng) for _ in range(300)]
+    assert set(sizes) == {30, 31, 32, 33} and {type(v) for v in sizes} == {int}
+    assert set(temperatures) == {1.0, 1.5, 2.0, 2.5, 3.0}
+    cfg = trial_config(space, {"train.batch_size": sizes[0], "distill.temperature": temperatures[0]})
+    assert (cfg.train.batch_size, cfg.distill.temperature) == (sizes[0], temperatures[0])
+
+
+def test_randint_values_are_checked_against_the_config_before_any_trial(tmp_path):
+    with pytest.raises(ConfigError, match=r"search.train.epochs: value 0 does not fit"):
+        load_space(write_space(tmp_path, search={"train.epochs": {"randint": [0, 3]}}))
+    with pytest.raises(ConfigError, match=r"quniform needs \[lo, hi, q\]"):
+        load_space(write_space(tmp_path, search={"distill.temperature": {"quniform": [1.0, 3.0]}}))
+
+
+def test_pbt_restart_run_names_are_the_same_in_every_process():
+    """Python's hash() of a str is salted per process; the name of a Train run restarted from a donor must not be,
+    or a restored driver would look for another run."""
+    code = ("from hsakd_ray.tune.trial import restart_run_name; "
+            "print(restart_run_name('abc_00001', '/results/pbt-trials/abc_00000/checkpoint_000002'))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    name = restart_run_name("abc_00001", "/results/pbt-trials/abc_00000/checkpoint_000002")
+    assert other == name and name.startswith("abc_00001-from-")
+    assert name != restart_run_name("abc_00001", "/results/pbt-trials/abc_00000/checkpoint_000003")
 
 
 def test_best_config_trains_on_the_whole_training_set():

@@ -53,6 +53,7 @@ def student_loss(s_logits: torch.Tensor, s_aux: Sequence[torch.Tensor], t_logits
     """
     if len(s_aux) != len(t_aux):
         raise ValueError(f"{len(s_aux)} student heads but {len(t_aux)} teacher heads to pair with")
+    t_logits, t_aux = t_logits.detach(), [q.detach() for q in t_aux]  # the teacher's outputs are targets only
     head_t = temperature if head_temperature is None else head_temperature
     parts = {"ce": F.cross_entropy(unrotated(s_logits).float(), y)}
     weights = _head_weights(head_weights, len(s_aux))
@@ -69,7 +70,8 @@ def student_loss(s_logits: torch.Tensor, s_aux: Sequence[torch.Tensor], t_logits
 def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
             beta: float = 1.0) -> dict[str, torch.Tensor]:
     """Plain Hinton KD on unrotated images: ``CE(s, y) + beta * KL_T(t || s)``."""
-    parts = {"ce": F.cross_entropy(s_logits.float(), y), "kl_final": kl_div_t(t_logits, s_logits, temperature)}
+    parts = {"ce": F.cross_entropy(s_logits.float(), y),
+             "kl_final": kl_div_t(t_logits.detach(), s_logits, temperature)}
     parts["loss"] = parts["ce"] + beta * parts["kl_final"]
     return parts
 

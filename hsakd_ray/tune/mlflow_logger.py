@@ -113,8 +113,7 @@ class MLflowTrialLogger(Callback):
         self.closed.add(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = getattr(trial, "error_message", None) or "trial failed (see Ray trial error file)"
-        R.finish_run(self.client, self.run_id(trial), "FAILED", error=str(error).strip().splitlines()[-1])
+        R.finish_run(self.client, self.run_id(trial), "FAILED", error=trial_error(trial))
         self.closed.add(trial.trial_id)
 
     def close_unfinished(self) -> list[str]:
@@ -130,3 +129,11 @@ class MLflowTrialLogger(Callback):
             R.finish_run(self.client, run_id, "KILLED")
             self.closed.add(trial_id)
         return [self.run_ids[t] for t in unfinished]
+
+
+def trial_error(trial) -> str:
+    """The last line of the error Tune wrote for ``trial`` (the exception's type and message), before this callback
+    runs; a fixed pointer to the error file when there is none."""
+    path = trial.error_file
+    lines = Path(path).read_text().strip().splitlines() if path and Path(path).is_file() else []
+    return lines[-1] if lines else "trial failed (see Ray trial error file)"

@@ -7,6 +7,7 @@ PBT restarts from a donor starts a new Train run from that checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any
 
@@ -53,6 +54,12 @@ def _fit_reporting_checkpoints(make_trainer) -> None:
         raise failure[0]
 
 
+def restart_run_name(trial_id: str, donor_path: str) -> str:
+    """The Train run of a trial restarted from a donor checkpoint: named by a digest of the donor's path, the same in
+    every process (Python's ``hash`` of a str is salted per process, so a restored driver would not find it)."""
+    return f"{trial_id}-from-{hashlib.sha256(donor_path.encode()).hexdigest()[:10]}"
+
+
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
               train_storage: str) -> None:
     cfg = trial_config(space, config["params"])
@@ -62,7 +69,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
     donor = tune.get_checkpoint() if pbt else None
     start_from = donor.path if donor is not None else None
     if start_from is not None:
-        name = f"{name}-from-{abs(hash(start_from)) % 10**8}"
+        name = restart_run_name(name, start_from)
 
     def make_trainer(callbacks: list) -> Any:
         return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from)
