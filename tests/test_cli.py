@@ -172,7 +172,7 @@ def test_an_existing_experiment_needs_resume_and_resume_needs_an_experiment(tmp_
         "teacher": "runs:/0123/checkpoint", "search": {"distill.temperature": {"uniform": [1.0, 6.0]}},
         "tune": {"name": "sweep"}}))
     assert main(["tune", str(space), "--resume", str(tmp_path / "ray_results" / "sweep")]) == 2
-    assert "no Tune experiment to restore there" in one_line_error(capsys)
+    assert "no Tune experiment to restore at" in one_line_error(capsys)
     (tmp_path / "ray_results" / "sweep").mkdir(parents=True)
     assert main(["tune", str(space)]) == 2
     assert "experiment 'sweep' already exists" in one_line_error(capsys)
