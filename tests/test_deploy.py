@@ -30,7 +30,7 @@ def checkpoint(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("job")
     cfg = tiny("teacher.aux_stages=all")
     run_job(cfg, "teacher", Runtime(report=quiet_reporter(run_dir, cfg)))
-    return run_dir / "best"
+    return run_dir / "latest"  # the kept checkpoint of a run without a validation split
 
 
 def reference(checkpoint: Path) -> tuple[torch.Tensor, np.ndarray]:
