@@ -8,6 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .console import configure as configure_console
 from .errors import UserError, one_line
 
 DEBUG_ENV = "HSAKD_DEBUG"  # set to 1: an internal error prints its traceback (as --debug does)
@@ -90,6 +91,12 @@ def cmd_import(args: argparse.Namespace) -> None:
           f"file, every one mapped. Use it as {use} or as a probe's student.checkpoint.")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .engine.deploy import export
+
+    print(f"wrote {export(args.checkpoint, args.format, args.out)} ({args.format}: the backbone, heads stripped)")
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from .tune.experiment import run_experiment
 
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsakd-ray", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an internal error (or set {DEBUG_ENV}=1)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs and worker output")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list architectures with stage and parameter counts")
     models.add_argument("--num-classes", type=int, default=100)
@@ -129,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local", action="store_true", help="run in this process, without Ray or MLflow")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
         p.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Ray's logs too")
         p.add_argument("--resume", action="store_true",
                        help="continue the run of the same name from its latest checkpoint")
         p.set_defaults(func=cmd_job)
@@ -139,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
     tu.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
     tu.add_argument("--resume", metavar="EXPERIMENT_PATH", help="continue an interrupted experiment")
+    tu.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Tune's table, Ray's logs")
     tu.set_defaults(func=cmd_tune)
     cl = sub.add_parser("cluster", help="a local multi-node Ray cluster with an MLflow server (tests, demos)")
     cl.add_argument("action", choices=("up", "down", "status"))
@@ -166,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ev.set_defaults(func=cmd_evaluate)
+    ex = sub.add_parser("export", help="write a checkpoint's network (heads stripped) as a standalone file")
+    ex.add_argument("checkpoint", help="checkpoint directory (with meta.json)")
+    ex.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="onnx needs the onnx extra")
+    ex.add_argument("--out", required=True, help="file to write")
+    ex.set_defaults(func=cmd_export)
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -175,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (one line), 1 an internal error (one line; the traceback with --debug or
     HSAKD_DEBUG=1), 130 interrupted (Ctrl-C or SIGTERM)."""
     args = build_parser().parse_args(argv)
+    configure_console(verbose=getattr(args, "verbose", False))
     try:
         args.func(args)
     except UserError as exc:

@@ -39,6 +39,7 @@ from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
 from hsakd_ray.engine.selection import is_summary_metric
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs
+from hsakd_ray.train.compute import KEYS as COMPUTE_KEYS
 from hsakd_ray.train.job import prepare_teacher, run_ray_job
 from hsakd_ray.train.trainer import build_trainer
 
@@ -252,6 +253,11 @@ def test_distill_job_names_its_teacher_by_runs_uri(distilled_student, workspace,
     heads_and_rest = teacher_metrics() - {"train/ce", "train/loss"} - {f"train/aux_ce_{i}" for i in range(3)}
     assert_one_value_per_epoch(client, run_id, distill_losses | heads_and_rest)
     assert not {k for k in client.get_run(run_id).data.metrics if "aux_ce" in k}
+    # compute in view: running totals every epoch; the student logged as an MLflow Model
+    assert_one_value_per_epoch(client, run_id, set(COMPUTE_KEYS))
+    cpu = [m.value for m in sorted(client.get_metric_history(run_id, "compute/cpu_seconds"), key=lambda m: m.step)]
+    assert 0 < cpu[0] <= cpu[-1]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"checkpoint", "model"}
 
 
 @pytest.mark.timeout(120, method="thread")

@@ -20,6 +20,7 @@ import torch
 
 from ..config import Config, dump_config
 from ..models import HSAKDNet, build_model, list_architectures, num_stages
+from ..progress import step_bar
 from .checkpoint import CheckpointError, load_tensor_file, load_weights, write_checkpoint
 
 KINDS = ("auto", "teacher", "backbone", "torchvision")
@@ -197,7 +198,9 @@ def import_checkpoint(source: str | Path, arch: str, out: str | Path, kind: str 
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"--out {str(out)!r} exists; choose a new folder, or --force to replace it")
+    bar = step_bar(f"importing {Path(source).name} (read, convert, write)", 3)
     wrapper, state = read_state(source)
+    bar.update(1)
     label = str(source)
     found = detect_kind(wrapper, state, arch)
     kind = found if kind == "auto" else kind
@@ -209,11 +212,14 @@ def import_checkpoint(source: str | Path, arch: str, out: str | Path, kind: str 
     if kind != "teacher" and found == "teacher":
         raise CheckpointError(f"{label} holds auxiliary heads (auxiliary_classifier.*): import it with --kind teacher")
     net = convert_state(state, arch, kind, label, num_classes)
+    bar.update(1)
     cfg = _config(arch, net)
     meta = {"kind": "import", "source_kind": kind, "source": str(Path(source).resolve()), "method": None,
             "arch": arch, "num_classes": net.num_classes, "aux_stages": list(net.aux_stages), "epoch": 0,
             "metrics": {}, "dataset": cfg.data.name}
     write_checkpoint(out, model_state=net.state_dict(), meta=meta, config_yaml=dump_config(cfg))
+    bar.update(1)
+    bar.close()
     return Imported(out, arch, kind, net.num_classes, list(net.aux_stages), len(state))
 
 

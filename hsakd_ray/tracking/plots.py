@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_learning_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], path: str | Path,
@@ -20,6 +21,7 @@ def plot_learning_curves(histories: dict[str, dict[str, list[tuple[int, float]]]
                     steps, values = zip(*sorted(points), strict=True) if points else ((), ())
                     ax.plot(steps, values, marker=".", label=label if len(histories) > 1 else name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
         if ax.lines and len(ax.lines) <= 12:

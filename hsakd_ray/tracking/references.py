@@ -7,6 +7,7 @@ from ..errors import CheckpointError, TrackingError
 from .store import store_exists
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+MODEL_ARTIFACT = "model"  # the MLflow Model of a distill job's student (tracking/model.py)
 
 
 def is_mlflow_reference(ref: str) -> bool:
@@ -86,11 +87,16 @@ def model_version_source(ref: str, tracking_uri: str) -> str:
             if not versions:
                 raise CheckpointError(f"no versions of registered model {name!r} in {tracking_uri}")
             version = str(max(int(v.version) for v in versions))
+    found = client.get_model_version(name, version)
+    if found.run_id and found.source.rstrip("/").endswith(f"/{MODEL_ARTIFACT}"):
+        # a registered student Model: its run's checkpoint is what hsakd-ray trains from
+        return f"{client.get_run(found.run_id).info.artifact_uri}/{CHECKPOINT_ARTIFACT}"
     return client.get_model_version_download_uri(name, version)
 
 
 def register_checkpoint(run_id: str, name: str, tracking_uri: str) -> str:
-    """Register the run's checkpoint artifact as a model version; returns ``models:/NAME/VERSION``."""
+    """Register the run's MLflow Model (a distill job's student) or else its checkpoint (a teacher, which later
+    configs reference as ``models:/NAME/VERSION``) as a new version of ``name``; returns ``models:/NAME/VERSION``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -99,6 +105,7 @@ def register_checkpoint(run_id: str, name: str, tracking_uri: str) -> str:
     except Exception:  # already registered: add a version
         pass
     run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}"
+    has_model = any(a.path == MODEL_ARTIFACT for a in client.list_artifacts(run_id))
+    source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT if has_model else CHECKPOINT_ARTIFACT}"
     version = client.create_model_version(name, source, run_id=run_id)
     return f"models:/{name}/{version.version}"

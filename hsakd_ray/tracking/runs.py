@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from ..errors import one_line
+from .ui import model_experiment
 
 NAME_TAG, KIND_TAG, HOST_TAG, PID_TAG = "hsakd.run_name", "hsakd.kind", "hsakd.host", "hsakd.driver_pid"
 PARENT_TAG = "mlflow.parentRunId"
@@ -25,8 +26,7 @@ MAX_PARAM_LEN = 6000
 
 
 def get_experiment_id(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    return model_experiment(client, name)  # created or found, tagged as model training (tracking/ui.py)
 
 
 def find_run(client: MlflowClient, experiment_id: str, tag: str, value: str) -> str | None:

@@ -17,8 +17,11 @@ from ..tracking import runs as R
 from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint
+from ..tracking.ui import print_ui
 from .preflight import job_description, job_need
+from .progress import JobProgress
 from .ray_session import check_cluster_paths, check_cluster_resources, init_ray
+from .student_model import log_student_model
 from .trainer import build_trainer
 
 
@@ -109,12 +112,17 @@ def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teach
                 backfill_epochs(client, run.run_id, f"{storage}/{name}")
             print(f"MLflow run {run.run_id} in experiment {cfg.tracking.experiment!r} at {uri}; "
                   f"Ray run {storage}/{name}", flush=True)
-            trainer = build_trainer(cfg, kind, name, storage, [MLflowEpochLogger(uri, run.run_id)], teacher_files)
-            result = fit_in_thread(trainer)
+            progress = JobProgress(name, cfg.train.epochs)  # the console's line per epoch (train/progress.py)
+            # the console's callback first: an epoch MLflow has is already queued for the console
+            trainer = build_trainer(cfg, kind, name, storage, [progress.callback, MLflowEpochLogger(uri, run.run_id)],
+                                    teacher_files)
+            result = progress.run(lambda: fit_in_thread(trainer))
         except (KeyboardInterrupt, SystemExit):
             print(f"run {name} killed; checkpoints kept in {storage}/{name}; continue with --resume", flush=True)
             raise
         best, kept_epoch = log_job_artifacts(client, run.run_id, cfg, result, kind)
+        if kind == "distill" and best:  # the student, deployable: an MLflow Model (train/student_model.py)
+            print(f"student model: {log_student_model(client, run.run_id, best)}", flush=True)
         summary = log_top1_summary(client, run.run_id, eval_split(cfg.data))
         if cfg.tracking.register_model and best:
             model = register_checkpoint(run.run_id, cfg.tracking.register_model, uri)
@@ -125,5 +133,6 @@ def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teach
     print(f"done: {kind} {name}: {split}/top1 {summary.get(f'{split}/top1_last', float('nan')):.2f} last epoch, "
           f"{summary.get(f'{split}/top1_best_epoch', float('nan')):.2f} best epoch; checkpoint "
           f"runs:/{run.run_id}/{CHECKPOINT_ARTIFACT} ({describe_kept(kept_by, kept_epoch)})", flush=True)
+    print_ui(client, run.run_id)
     return {"run_id": run.run_id, "metrics": metrics, "best_checkpoint": best, "kept_epoch": kept_epoch,
             "summary": summary}

@@ -12,6 +12,7 @@ from ..config import Config, run_name
 from ..distill.methods import method_spec
 from ..tracking.references import resolve_checkpoint
 from ..tracking.store import resolve_tracking_uri
+from .prefetch import prefetch_dataset
 from .preflight import check_ray_job, checkpoint_references, resolve_storage_path
 
 
@@ -51,6 +52,7 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     address = address or cfg.ray.address
     check_ray_job(cfg, kind, name, uri, storage, resume, address)
     teacher_files = prepare_teacher(cfg, kind, uri)
+    prefetch_dataset(cfg.data)  # a download's progress bar on this console, before workers start
     from .fit import run_on_ray  # Ray and MLflow load only once the job is known to be runnable
 
     return run_on_ray(cfg, kind, name, storage, uri, teacher_files, config_path, resume, address,

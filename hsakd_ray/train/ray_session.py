@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ray
 
+from ..console import ray_logging_level, verbose
 from ..errors import ClusterError, ConfigError
 from ..proc import alive, marked_processes, open_files, start_time, stop_processes
 from ..tracking.store import is_local_store
@@ -122,7 +123,8 @@ def init_ray(address: str | None) -> bool:
     if not joins_cluster(address):  # only the processes ray.init spawns carry the mark, not later children of ours
         os.environ[DRIVER_MARK] = _driver_id(os.getpid())
     try:
-        ray.init(address=address or None, log_to_driver=True)
+        # -v: Ray's own output back (console.py)
+        ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
     except ConnectionError as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -13,6 +13,7 @@ from ..config import config_from_dict
 from ..engine import Runtime, load_train_state, run_job
 from ..engine.reporting import format_epoch
 from ..tracking.epoch_logger import write_reported_epochs
+from .compute import ComputeMeter
 
 # Not print(): Train V2 patches print in workers to log *and* (because Ray's workers replace sys.stdout) to echo
 # the line, so every printed line reached the driver twice. Train routes this logger to the console once.
@@ -46,12 +47,14 @@ def _train_worker(config: dict, scratch: str) -> None:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
 
     resume_state = None
+    compute = ComputeMeter(cfg.scaling.gpus_per_worker if cfg.scaling.use_gpu else 0.0, world, device)
     checkpoint = ray.train.get_checkpoint()  # this run's own, after a worker-group restart or --resume
     if checkpoint is None and config.get("start_from"):
         checkpoint = ray.train.Checkpoint(config["start_from"])  # another run's: a PBT donor
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             resume_state = load_train_state(ckpt_dir)  # train state and model weights, in memory
+            compute.resume_from(ckpt_dir)
         if rank == 0 and resume_state is not None:
             logger.info("resuming after epoch %d from %s", int(resume_state["epoch"]), checkpoint.path)
 
@@ -62,7 +65,7 @@ def _train_worker(config: dict, scratch: str) -> None:
     since_checkpoint: list[dict] = []  # this attempt's epochs since its last checkpoint, carried by the next one
 
     def report(epoch: int, metrics: dict, save) -> None:
-        metrics = {**metrics, **node}
+        metrics = {**metrics, **node, **compute.totals(metrics)}
         if rank == 0:
             logger.info(format_epoch(epoch, total, metrics))
         since_checkpoint.append(metrics)

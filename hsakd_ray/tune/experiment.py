@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ..config import ConfigError, config_from_dict
+from ..console import verbose
 from ..data.checks import check_data
 from ..distill.methods import method_spec
 from ..engine import read_meta
@@ -19,7 +20,9 @@ from ..engine.selection import kept_metric
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, check_reference, resolve_checkpoint
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
+from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.prefetch import prefetch_dataset
 from ..train.preflight import (
     check_local_resources,
     check_storage_path,
@@ -31,6 +34,7 @@ from ..train.preflight import (
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray
 from ..train.trainer import read_checkpoint_files
 from . import results as out
+from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
 from .searchers import build_scheduler, build_search_alg, param_space
@@ -161,6 +165,7 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
     exp_path = experiment_path(space, storage, resume)
     address = address or space.base.ray.address
     check_experiment(space, uri, storage, exp_path, resume, address)
+    prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts
     init_ray(address)
     check_cluster_paths(storage, uri, address)
     per_worker, workers, driver_cpu = trial_need(space)
@@ -208,7 +213,9 @@ def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: 
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   param_space=param_space(space))
-    run_config = tune.RunConfig(name=space.name, storage_path=storage, callbacks=[logger],
+    run_config = tune.RunConfig(name=space.name, storage_path=storage,
+                                callbacks=[logger, SweepTable(space, metric, mode)],
+                                verbose=None if verbose() else 0,  # our table (tune/console.py); -v: Tune's own
                                 failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))
     concurrency = space.tune.max_concurrent_trials or default_concurrency(space)
     return tune.Tuner(
@@ -253,7 +260,8 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
     files = [out.write_csv(rows, results_dir / "trials.csv"),
              out.plot_metric_vs_params(rows, metric, searched, results_dir / "metric_vs_params.png"),
              out.plot_metric_by_placement(rows, metric, results_dir / "metric_by_placement.png"),
-             out.plot_trial_curves(grid, metric, results_dir / "learning_curves.png")]
+             out.plot_trial_curves(grid, metric, results_dir / "learning_curves.png", space.base.train.epochs),
+             out.plot_metric_vs_compute(rows, metric, mode, results_dir / "metric_vs_compute.png")]
     for path in files:
         client.log_artifact(parent, str(path))
     print(f"\nTop trials by {metric} ({mode}):\n" + out.format_table(rows, metric, searched, space.tune.top_k),
@@ -269,4 +277,5 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
                                  + out.dump_yaml(final_config(space, best_params, final_teacher)))
     client.log_artifact(parent, str(best_yaml))
     print(f"\nbest config: {best_yaml}\nfinal run:   hsakd-ray distill {best_yaml}", flush=True)
+    print_ui(client, parent, what="sweep")
     return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows}

@@ -13,6 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+COMPUTE_KEYS = ("compute/cpu_seconds", "compute/gpu_seconds", "compute/wall_seconds", "compute/images_seen")
 
 
 def write_atomic(path: Path, text: str) -> Path:
@@ -25,7 +28,8 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def trial_rows(result_grid, metric: str, mode: str, run_ids: dict[str, str]) -> list[dict]:
-    """One row per trial: id, status, epochs, last and best metric, sampled values, MLflow run id."""
+    """One row per trial: id, status, epochs, last and best metric, sampled values, compute used (totals at its last
+    report: cpu_seconds, gpu_seconds, wall_seconds, images_seen), MLflow run id."""
     rows = []
     for result in result_grid:
         history = result.metrics_dataframe
@@ -33,10 +37,13 @@ def trial_rows(result_grid, metric: str, mode: str, run_ids: dict[str, str]) -> 
         best = (max(values) if mode == "max" else min(values)) if values else math.nan
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         params = (result.config or {}).get("params", {})
+        last = result.metrics or {}
         rows.append({"trial_id": trial_id, "status": "ERROR" if result.error else "OK",
-                     "epochs": int((result.metrics or {}).get("epoch", 0) or 0),
+                     "epochs": int(last.get("epoch", 0) or 0),
                      f"last_{metric}": values[-1] if values else math.nan, f"best_{metric}": best,
-                     **{k: _cell(v) for k, v in params.items()}, "mlflow_run_id": run_ids.get(trial_id, "")})
+                     **{k: _cell(v) for k, v in params.items()},
+                     **{k.split("/", 1)[1]: float(last.get(k, math.nan)) for k in COMPUTE_KEYS},
+                     "mlflow_run_id": run_ids.get(trial_id, "")})
     reverse = mode == "max"
     rows.sort(key=lambda r: (-math.inf if math.isnan(r[f"best_{metric}"]) else r[f"best_{metric}"]), reverse=reverse)
     return rows
@@ -113,19 +120,70 @@ def plot_metric_by_placement(rows: list[dict], metric: str, path: Path, key: str
     return path
 
 
-def plot_trial_curves(result_grid, metric: str, path: Path) -> Path:
-    """The tuning metric per epoch for every trial (early-stopped trials end early)."""
+def plot_trial_curves(result_grid, metric: str, path: Path, total_epochs: int | None = None) -> Path:
+    """The tuning metric per epoch for every trial; a trial stopped before ``total_epochs`` ends in a cross."""
+    fig = trial_curves_figure(result_grid, metric, total_epochs)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def trial_curves_figure(result_grid, metric: str, total_epochs: int | None = None):
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    stopped_label = True
     for result in result_grid:
         df = result.metrics_dataframe
         if df is not None and metric in df and "epoch" in df:
+            df = df.dropna(subset=[metric])
             label = (result.metrics or {}).get("trial_id") or Path(result.path).name
-            ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=label)
+            (line,) = ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=label)
+            if total_epochs and len(df) and int(df["epoch"].iloc[-1]) < total_epochs:
+                ax.scatter(df["epoch"].iloc[-1:], df[metric].iloc[-1:], marker="X", s=70, color=line.get_color(),
+                           edgecolors="black", zorder=3, label="stopped early" if stopped_label else None)
+                stopped_label = False
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if len(ax.lines) <= 12 and ax.lines:
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def compute_axis(rows: list[dict]) -> str:
+    """The cost to plot against: GPU-seconds when any trial held a GPU, else CPU-seconds."""
+    gpu = [r.get("gpu_seconds", math.nan) for r in rows]
+    return "gpu_seconds" if any(v > 0 for v in gpu if not math.isnan(v)) else "cpu_seconds"
+
+
+def pareto_front(points: list[tuple[float, float, str]], mode: str) -> list[tuple[float, float, str]]:
+    """The points no other point beats on both cost (lower) and metric (higher for ``max``), cheapest first."""
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    front: list[tuple[float, float, str]] = []
+    for point in sorted(points, key=lambda p: (p[0], -p[1] if mode == "max" else p[1])):
+        if not front or better(point[1], front[-1][1]):
+            front.append(point)
+    return front
+
+
+def plot_metric_vs_compute(rows: list[dict], metric: str, mode: str, path: Path) -> Path:
+    """Each trial's best metric against the compute it used, the Pareto front joined and labelled."""
+    axis = compute_axis(rows)
+    points = [(r[axis], r[f"best_{metric}"], str(r["trial_id"])) for r in rows
+              if not math.isnan(r.get(axis, math.nan)) and not math.isnan(r[f"best_{metric}"])]
+    front = pareto_front(points, mode)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="0.6", label="trial")
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-o", color="tab:red", label="Pareto front")
+        for x, y, name in front:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.legend(fontsize=7)
+    ax.set_xlabel(axis.replace("_", "-") + " (all workers)")
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title(f"{metric} against compute")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
