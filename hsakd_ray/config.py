@@ -48,7 +48,10 @@ class DataConfig:
     train_root: str | None = None          # imagefolder / tinyimagenet: class-per-folder training tree
     val_root: str | None = None            # imagefolder / tinyimagenet: class-per-folder evaluation tree
     image_size: int | None = field(default=None, metadata=_range(16))  # None: the dataset's native size
-    augment: bool = True                   # the published training augmentation
+    augment: Literal["auto", "crop_flip", "resized_crop_flip", "none"] | bool = "auto"  # true/false: auto/none
+    flip: Literal["auto"] | bool = "auto"  # horizontal flip in crop_flip / resized_crop_flip; auto: per dataset
+    mean: list[float] | None = None        # per-channel normalisation (1 or 3 values); None: published or computed
+    std: list[float] | None = None
     val_fraction: float = field(default=0.0, metadata=_range(0.0, 0.5))  # >0: evaluate on a held-out split
     split_seed: int = 0                    # seed of the stratified validation / few-shot split
     few_shot_ratio: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
@@ -56,6 +59,28 @@ class DataConfig:
     synthetic_test_size: int = field(default=128, metadata=_range(1))
     synthetic_classes: int = field(default=10, metadata=_range(2))
     loader_workers: int = field(default=0, metadata=_range(0))  # DataLoader worker processes per trainer worker
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # configs written before the named policies
+            self.augment = "auto" if self.augment else "none"
+
+
+IN_MEMORY_DATASETS = ("digits", "synthetic")  # tensors, augmented on the device: no resized crops
+
+
+def validate_data(data: DataConfig) -> None:
+    """``data`` keys that depend on each other: normalisation given as a pair, augmentation the dataset supports."""
+    if (data.mean is None) != (data.std is None):
+        raise ConfigError("data.mean and data.std go together: give both (1 value, or 3 for R, G, B) or neither")
+    for key in ("mean", "std"):
+        values = getattr(data, key)
+        if values is not None and len(values) not in (1, 3):
+            raise ConfigError(f"data.{key} must have 1 value (all channels) or 3 (R, G, B), got {values}")
+    if data.std is not None and any(v <= 0 for v in data.std):
+        raise ConfigError(f"data.std values must be > 0, got {data.std}")
+    if data.augment == "resized_crop_flip" and data.name in IN_MEMORY_DATASETS:
+        raise ConfigError(f"data.augment 'resized_crop_flip' is not available for {data.name} (in-memory tensors); "
+                          "allowed: auto, crop_flip, none")
 
 
 @dataclass
@@ -268,6 +293,7 @@ def validate(cfg: Config) -> None:
     from .distill.methods import METHODS
     from .models import list_architectures, num_stages  # local: models import torch
 
+    validate_data(cfg.data)
     if cfg.distill.method not in METHODS:
         allowed = ", ".join(repr(m) for m in METHODS)
         raise ConfigError(f"distill.method must be one of {allowed}, got {cfg.distill.method!r}")

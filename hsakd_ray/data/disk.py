@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 from torchvision.datasets.folder import default_loader
@@ -22,15 +24,22 @@ from .source import Source
 from .transforms import (
     CIFAR10_STATS,
     CIFAR100_STATS,
-    IMAGENET_STATS,
+    SMALL_IMAGE_MAX,
     STL10_STATS,
     TINYIMAGENET_STATS,
     RandomCropFlip,
     Stats,
+    auto_policy,
     crop_flip_pipelines,
     crop_padding,
-    imagenet_pipelines,
+    normalisation,
+    pil_pipelines,
+    resolve_flip,
+    resolve_policy,
 )
+
+FOLDER_SAMPLE = 1000  # images read to find an image folder's typical size and its mean/std
+IMAGENET_SIZE = 224   # image_size of a folder of large images when data.image_size is null
 
 
 def _existence_only(files: list[list[str]]) -> list[list[str | None]]:
@@ -93,17 +102,19 @@ def _torchvision_splits(
 
 def cifar_source(cfg: DataConfig) -> Source:
     """CIFAR-100 or CIFAR-10 (by ``cfg.name``) with the published crop + flip augmentation."""
-    stock, local, stats, classes = {
+    stock, local, published, classes = {
         "cifar100": (CIFAR100, LocalCIFAR100, CIFAR100_STATS, 100),
         "cifar10": (CIFAR10, LocalCIFAR10, CIFAR10_STATS, 10),
     }[cfg.name]
     train, test = _torchvision_splits(cfg, stock, local, {"train": True}, {"train": False})
+    stats = normalisation(cfg.mean, cfg.std, published)
     size = cfg.image_size or 32
-    if size != 32:  # resized: torchvision's PIL pipeline per item
-        return Source(train, test, classes, size, stats, *crop_flip_pipelines(32, size, stats, cfg.augment))
+    flip = resolve_flip(cfg.flip, True)
+    if size != 32 or cfg.augment == "resized_crop_flip":  # torchvision's PIL pipeline per item
+        return Source(train, test, classes, size, stats, *crop_flip_pipelines(32, size, stats, cfg.augment, flip))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in stats)
     black = ((0.0 - mean) / std).flatten().tolist()  # a zero pixel after Normalize: RandomCrop's padding
-    augment = RandomCropFlip(crop_padding(size), flip=True, fill=tuple(black)) if cfg.augment else None
+    augment = RandomCropFlip(crop_padding(size), flip, fill=tuple(black)) if cfg.augment != "none" else None
     return Source(cifar_in_memory(train, stats), cifar_in_memory(test, stats), classes, size, stats, augment, None)
 
 
@@ -120,7 +131,9 @@ def stl10_source(cfg: DataConfig) -> Source:
     """STL-10's labelled train (5,000) and test (8,000) splits, 96 px native."""
     train, test = _torchvision_splits(cfg, STL10, LocalSTL10, {"split": "train"}, {"split": "test"})
     size = cfg.image_size or 96
-    return Source(train, test, 10, size, STL10_STATS, *crop_flip_pipelines(96, size, STL10_STATS, cfg.augment))
+    stats = normalisation(cfg.mean, cfg.std, STL10_STATS)
+    pipelines = crop_flip_pipelines(96, size, stats, cfg.augment, resolve_flip(cfg.flip, True))
+    return Source(train, test, 10, size, stats, *pipelines)
 
 
 def _image_folder(path: Path, what: str, fix: str) -> ImageFolder:
@@ -156,15 +169,59 @@ def folder_roots(cfg: DataConfig) -> tuple[Path, Path]:
     return train_dir, val_dir
 
 
+def folder_sample(folder: ImageFolder, limit: int = FOLDER_SAMPLE) -> list[str]:
+    """Paths of up to ``limit`` images spread evenly over ``folder`` (sorted by class, so every class is drawn)."""
+    n = len(folder.samples)
+    picks = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
+    return [folder.samples[i][0] for i in picks]
+
+
+def typical_size(paths: list[str]) -> int:
+    """Median shorter side of the images at ``paths``, read from their headers without decoding the pixels."""
+    sides = []
+    for path in paths:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return int(np.median(sides))
+
+
+def folder_stats(folder: ImageFolder, limit: int = FOLDER_SAMPLE) -> Stats:
+    """Per-channel mean and standard deviation of the pixels (in [0, 1], as ``ToTensor`` gives them) of the training
+    images as stored, converted to RGB by the folder's loader; over an even sample of ``limit`` images if there are
+    more."""
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for path in folder_sample(folder, limit):
+        pixels = np.asarray(folder.loader(path), dtype=np.float64).reshape(-1, 3) / 255.0
+        total += pixels.sum(axis=0)
+        squares += np.square(pixels).sum(axis=0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    if np.any(std < 1e-6):
+        raise DataError(f"the training images of {folder.root} are uniform in a channel (std 0): set data.mean and "
+                         "data.std")
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def imagefolder_source(cfg: DataConfig) -> Source:
-    """ImageNet-style class-per-folder trees: ``train_root`` / ``val_root``, by default ``root``/train and /val."""
+    """Class-per-folder trees (``train_root`` / ``val_root``, by default ``root``/train and /val) of any image size.
+
+    ``image_size`` null keeps small images (median shorter side <= SMALL_IMAGE_MAX) at their size and trains larger
+    ones at 224 px; ``augment: auto`` picks by the smaller of the stored and the trained size, and ``flip: auto``
+    flips only large ones; mean/std are computed from the training images unless given.
+    """
     train_dir, val_dir = folder_roots(cfg)
     train = _image_folder(train_dir, "imagefolder training set", IMAGEFOLDER_FIX[0])
     test = _image_folder(val_dir, "imagefolder evaluation set", IMAGEFOLDER_FIX[1])
     _check_same_classes(train, test, val_dir)
-    size = cfg.image_size or 224
-    pipelines = imagenet_pipelines(size, IMAGENET_STATS, cfg.augment)
-    return Source(train, test, len(train.classes), size, IMAGENET_STATS, *pipelines)
+    stored = typical_size(folder_sample(train))
+    size = cfg.image_size or (stored if stored <= SMALL_IMAGE_MAX else IMAGENET_SIZE)
+    seen = min(stored, size)
+    stats = normalisation(cfg.mean, cfg.std, lambda: folder_stats(train))
+    flip = resolve_flip(cfg.flip, seen > SMALL_IMAGE_MAX)  # small images: often digits or letters, see docs
+    pipelines = pil_pipelines(resolve_policy(cfg.augment, seen), size, stats, flip, resize=True,
+                              eval_geometry=auto_policy(seen))
+    return Source(train, test, len(train.classes), size, stats, *pipelines)
 
 
 class TinyImageNetVal(Dataset):
@@ -203,5 +260,6 @@ def tinyimagenet_source(cfg: DataConfig) -> Source:
         test = ImageFolder(val_dir)
         _check_same_classes(train, test, val_dir)
     size = cfg.image_size or 64
-    pipelines = crop_flip_pipelines(64, size, TINYIMAGENET_STATS, cfg.augment)
-    return Source(train, test, len(train.classes), size, TINYIMAGENET_STATS, *pipelines)
+    stats = normalisation(cfg.mean, cfg.std, TINYIMAGENET_STATS)
+    pipelines = crop_flip_pipelines(64, size, stats, cfg.augment, resolve_flip(cfg.flip, True))
+    return Source(train, test, len(train.classes), size, stats, *pipelines)

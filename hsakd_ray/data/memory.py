@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from ..config import DataConfig
 from .source import Source
 from .splits import stratified_split
-from .transforms import RandomCropFlip, Transformed, crop_padding
+from .transforms import RandomCropFlip, Transformed, crop_padding, normalisation, resolve_flip
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is part of the dataset, independent of data.split_seed
@@ -35,52 +36,70 @@ class TensorImageDataset(Dataset):
         return self.images[index], int(self.labels[index])
 
 
+def _views(ds: Dataset) -> tuple[Dataset, list[Subset], Transformed | None]:
+    """``ds`` unwrapped: its base dataset, the Subsets on the way (outermost first) and the Transformed view."""
+    subsets: list[Subset] = []
+    view = None
+    while isinstance(ds, (Subset, Transformed)):
+        if isinstance(ds, Subset):
+            subsets.append(ds)
+            ds = ds.dataset
+        else:
+            view, ds = ds, ds.base
+    return ds, subsets, view
+
+
+def is_in_memory(ds: Dataset) -> bool:
+    """Whether ``ds`` (or the dataset under its Subset / Transformed views) holds its images as one tensor; looks at
+    the wrappers only, copying nothing."""
+    return isinstance(_views(ds)[0], TensorImageDataset)
+
+
+def _not_in_memory(what: str, ds: Dataset) -> TypeError:
+    return TypeError(f"{what} needs an in-memory dataset (digits, synthetic, CIFAR at 32 px), got {type(ds).__name__}")
+
+
 def as_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """All items of an in-memory dataset (or a Subset / transformed view of one) as (images, labels), un-augmented."""
-    if isinstance(ds, Subset):
-        images, labels = as_tensors(ds.dataset)
-        index = torch.as_tensor(ds.indices, dtype=torch.long)
-        return images[index], labels[index]
-    if isinstance(ds, Transformed):
-        return as_tensors(ds.base)
-    if isinstance(ds, TensorImageDataset):
-        return ds.images, ds.labels
-    raise TypeError(f"as_tensors needs an in-memory dataset (digits, synthetic, CIFAR at 32 px), "
-                    f"got {type(ds).__name__}")
+    base, subsets, _ = _views(ds)
+    if not isinstance(base, TensorImageDataset):
+        raise _not_in_memory("as_tensors", base)
+    index: torch.Tensor | None = None
+    for subset in subsets:  # outermost first: map the positions inwards, then gather once
+        indices = torch.as_tensor(subset.indices, dtype=torch.long)
+        index = indices if index is None else indices[index]
+    if index is None:
+        return base.images, base.labels
+    return base.images[index], base.labels[index]
 
 
 def tensor_augmentation(ds: Dataset) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The augmentation that item access of an in-memory ``ds`` applies (None: none), to apply to whole batches."""
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    transform = ds.transform if isinstance(ds, Transformed) else None
-    base = ds.base if isinstance(ds, Transformed) else ds
+    base, _, view = _views(ds)
     if not isinstance(base, TensorImageDataset):
-        name = type(base).__name__
-        raise TypeError(f"tensor_augmentation needs an in-memory dataset (digits, synthetic, CIFAR at 32 px), "
-                        f"got {name}")
-    return transform
+        raise _not_in_memory("tensor_augmentation", base)
+    return view.transform if view is not None else None
 
 
-def digits_source(image_size: int | None, augment: bool) -> Source:
+def digits_source(cfg: DataConfig) -> Source:
     """scikit-learn's 1,797 handwritten 8x8 digits, upsampled to a square RGB image, split 80/20 by class."""
     from sklearn.datasets import load_digits  # only this dataset needs scikit-learn
 
     bunch = load_digits()
-    size = image_size or 32
+    size = cfg.image_size or 32
     pixels = torch.from_numpy(bunch.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
     images = pixels.expand(-1, 3, -1, -1)
     labels = torch.from_numpy(bunch.target).long()
     train_idx, test_idx = stratified_split(labels.tolist(), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     train, test = torch.tensor(train_idx), torch.tensor(test_idx)
-    # no flip: digits are not mirror-invariant
-    return _in_memory_source(images[train], labels[train], images[test], labels[test], 10, augment, flip=False)
+    # flip off by default: digits are not mirror-invariant
+    return _in_memory_source(cfg, images[train], labels[train], images[test], labels[test], 10, flip_default=False)
 
 
-def synthetic_source(train_size: int, test_size: int, classes: int, image_size: int | None, augment: bool) -> Source:
+def synthetic_source(cfg: DataConfig) -> Source:
     """Deterministic learnable images: a smooth random pattern per class plus per-image Gaussian noise."""
-    size = image_size or 32
+    size, classes = cfg.image_size or 32, cfg.synthetic_classes
     coarse = torch.rand(classes, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
@@ -90,36 +109,39 @@ def synthetic_source(train_size: int, test_size: int, classes: int, image_size: 
         noise = SYNTHETIC_NOISE * torch.randn(n, 3, size, size, generator=gen)
         return (patterns[labels] + noise).clamp(0.0, 1.0), labels
 
-    train_images, train_labels = draw(train_size, seed=1)
-    test_images, test_labels = draw(test_size, seed=2)
-    return _in_memory_source(train_images, train_labels, test_images, test_labels, classes, augment, flip=False)
+    train_images, train_labels = draw(cfg.synthetic_train_size, seed=1)
+    test_images, test_labels = draw(cfg.synthetic_test_size, seed=2)
+    return _in_memory_source(cfg, train_images, train_labels, test_images, test_labels, classes, flip_default=False)
 
 
 def _in_memory_source(
+    cfg: DataConfig,
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    augment: bool,
-    flip: bool,
+    flip_default: bool,
 ) -> Source:
-    """Normalise [0, 1] images with the training set's per-channel statistics and wrap both splits in memory."""
-    mean = train_images.mean(dim=(0, 2, 3))
-    std = train_images.std(dim=(0, 2, 3))
+    """Normalise [0, 1] images (with ``data.mean``/``data.std``, else the training set's per-channel statistics),
+    wrap both splits in memory and pick the tensor augmentation (crop_flip or none)."""
+    stats = normalisation(cfg.mean, cfg.std, lambda: (tuple(train_images.mean(dim=(0, 2, 3)).tolist()),
+                                                      tuple(train_images.std(dim=(0, 2, 3)).tolist())))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in stats)
 
     def normalise(images: torch.Tensor) -> torch.Tensor:
-        return ((images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous()
+        return ((images - mean) / std).contiguous()
 
     size = train_images.shape[-1]
-    black = tuple((-mean / std).tolist())
-    augmentation = RandomCropFlip(crop_padding(size), flip, fill=black) if augment else None
+    black = tuple((-mean / std).flatten().tolist())
+    flip = resolve_flip(cfg.flip, flip_default)
+    augmentation = RandomCropFlip(crop_padding(size), flip, fill=black) if cfg.augment != "none" else None
     return Source(
         train=TensorImageDataset(normalise(train_images), train_labels),
         test=TensorImageDataset(normalise(test_images), test_labels),
         num_classes=num_classes,
         image_size=size,
-        stats=(tuple(mean.tolist()), tuple(std.tolist())),
+        stats=stats,
         train_transform=augmentation,
         eval_transform=None,
     )

@@ -15,10 +15,8 @@ _LOADERS: dict[str, Callable[[DataConfig], Source]] = {
     "imagefolder": imagefolder_source,
     "stl10": stl10_source,
     "tinyimagenet": tinyimagenet_source,
-    "digits": lambda cfg: digits_source(cfg.image_size, cfg.augment),
-    "synthetic": lambda cfg: synthetic_source(
-        cfg.synthetic_train_size, cfg.synthetic_test_size, cfg.synthetic_classes, cfg.image_size, cfg.augment
-    ),
+    "digits": digits_source,
+    "synthetic": synthetic_source,
 }
 
 DATASETS: tuple[str, ...] = tuple(_LOADERS)

@@ -1,5 +1,5 @@
-"""Published augmentation and normalisation per dataset family (docs/method.md, "Published settings"), and the
-view that applies them."""
+"""Augmentation policies (published per dataset family, docs/method.md "Published settings", or chosen by image size),
+normalisation, and the view that applies them to a dataset."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,30 +19,73 @@ TINYIMAGENET_STATS: Stats = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
 
 Pipelines = tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]  # (train, eval)
 
+# Largest image side (px) trained with crop_flip under ``data.augment: auto``; larger images get resized_crop_flip.
+# RandomResizedCrop's smallest crop (8 % of the area: 28 % of the side) keeps 9 px of a 32 px digit and 27 px of a
+# 96 px image, too little to see the object. Crop with padding is CIFAR's published augmentation (32 px) and this
+# project's for Tiny ImageNet (64) and STL-10 (96); RandomResizedCrop is ImageNet's (224).
+SMALL_IMAGE_MAX = 96
+
+
+def auto_policy(size: int) -> str:
+    """The augmentation ``data.augment: auto`` picks for images trained at ``size`` px (see ``SMALL_IMAGE_MAX``)."""
+    return "crop_flip" if size <= SMALL_IMAGE_MAX else "resized_crop_flip"
+
+
+def resolve_policy(augment: str, size: int) -> str:
+    """``data.augment`` as one of crop_flip, resized_crop_flip, none."""
+    return auto_policy(size) if augment == "auto" else augment
+
 
 def crop_padding(size: int) -> int:
     """Padding of the random crop: CIFAR's 4 px at 32 px, scaled with the image size."""
     return max(1, size // 8)
 
 
-def crop_flip_pipelines(native_size: int, size: int, stats: Stats, augment: bool) -> Pipelines:
-    """CIFAR-style PIL pipelines: random crop with padding + horizontal flip, resizing first when ``size`` differs."""
-    resize = [T.Resize((size, size))] if size != native_size else []
+def pil_pipelines(policy: str, size: int, stats: Stats, flip: bool, resize: bool, eval_geometry: str) -> Pipelines:
+    """Training and evaluation pipelines on PIL images for a resolved ``policy``.
+
+    Training: crop_flip is (a resize to size x size when ``resize``) + random crop with padding + flip;
+    resized_crop_flip is RandomResizedCrop + flip; none is the evaluation pipeline. Evaluation follows the dataset,
+    not the training policy: ``eval_geometry`` crop_flip evaluates the (resized) image, resized_crop_flip a resize to
+    size*256/224 and a centre crop (ImageNet).
+    """
     to_tensor = [T.ToTensor(), T.Normalize(*stats)]
-    eval_tf = T.Compose(resize + to_tensor)
-    if not augment:
+    flip_step = [T.RandomHorizontalFlip()] if flip else []
+    resize_step = [T.Resize((size, size))] if resize else []
+    if eval_geometry == "resized_crop_flip":
+        eval_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *to_tensor])
+    else:
+        eval_tf = T.Compose(resize_step + to_tensor)
+    if policy == "none":
         return eval_tf, eval_tf
-    crop_flip = [T.RandomCrop(size, padding=crop_padding(size)), T.RandomHorizontalFlip()]
-    return T.Compose(resize + crop_flip + to_tensor), eval_tf
+    if policy == "crop_flip":
+        crop = [T.RandomCrop(size, padding=crop_padding(size))]
+        return T.Compose(resize_step + crop + flip_step + to_tensor), eval_tf
+    if policy == "resized_crop_flip":
+        return T.Compose([T.RandomResizedCrop(size), *flip_step, *to_tensor]), eval_tf
+    raise ValueError(f"unknown augmentation policy {policy!r}")
 
 
-def imagenet_pipelines(size: int, stats: Stats, augment: bool) -> Pipelines:
-    """ImageNet-style: RandomResizedCrop + flip to train; resize to size*256/224 and centre crop to evaluate."""
-    to_tensor = [T.ToTensor(), T.Normalize(*stats)]
-    eval_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *to_tensor])
-    if not augment:
-        return eval_tf, eval_tf
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *to_tensor]), eval_tf
+def crop_flip_pipelines(native_size: int, size: int, stats: Stats, augment: str, flip: bool = True) -> Pipelines:
+    """Pipelines of a dataset of ``native_size`` px images (CIFAR, STL-10, Tiny ImageNet): crop_flip unless
+    ``augment`` names another policy, evaluated on the image resized to ``size`` when it differs."""
+    policy = "crop_flip" if augment == "auto" else augment
+    return pil_pipelines(policy, size, stats, flip, resize=size != native_size, eval_geometry="crop_flip")
+
+
+def resolve_flip(flip: str | bool, dataset_default: bool) -> bool:
+    """``data.flip``: true/false, or ``auto`` for the dataset's own choice (off for digits, synthetic and small
+    image folders, on otherwise)."""
+    return dataset_default if flip == "auto" else bool(flip)
+
+
+def normalisation(mean: list[float] | None, std: list[float] | None, default: Stats | Callable[[], Stats]) -> Stats:
+    """``data.mean`` / ``data.std`` as RGB stats (one value serves all channels); ``default`` (or its result) when
+    they are not given."""
+    if mean is None or std is None:
+        return default() if callable(default) else default
+    rgb = [tuple(float(v) for v in (values * 3 if len(values) == 1 else values)) for values in (mean, std)]
+    return rgb[0], rgb[1]
 
 
 class RandomCropFlip:

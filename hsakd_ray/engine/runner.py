@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import Config, dump_config
-from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
+from ..data import DataBundle, as_tensors, build_datasets, is_in_memory, tensor_augmentation
 from ..errors import ConfigError
 from .batches import DeviceBatches
 from .checkpoint import write_checkpoint
@@ -109,14 +109,6 @@ def make_loaders(train: Dataset, eval_set: Dataset, cfg: Config, rt: Runtime) ->
     shard = Subset(eval_set, range(rt.rank, len(eval_set), rt.world_size))
     eval_loader = DataLoader(shard, batch_size=max(batch, 64), shuffle=False, num_workers=workers, pin_memory=pin)
     return train_loader, eval_loader
-
-
-def is_in_memory(ds: Dataset) -> bool:
-    try:
-        as_tensors(ds)
-    except TypeError:
-        return False
-    return True
 
 
 def make_batches(data: DataBundle, cfg: Config, rt: Runtime) -> tuple[DeviceBatches | DataLoader, ...]:
