@@ -79,7 +79,8 @@ def top1(root: Path, args: argparse.Namespace, seed: int, policy: list[str]) -> 
     cfg = load_config(None, [
         "data.name=imagefolder", f"data.root={root}", f"{net}.arch={args.arch}", "distill.method=ce",
         f"optim.lr={args.lr}", "optim.schedule=cosine", "optim.milestones=[]", f"train.epochs={args.epochs}",
-        f"train.batch_size={args.batch_size}", f"train.seed={seed}", "train.device=cpu", *policy])
+        f"train.batch_size={args.batch_size}", f"train.seed={seed}", "train.device=cpu", "train.precision=fp32",
+        *policy])
     metrics = run_job(cfg, "distill" if args.kind == "ce" else "teacher", Runtime(device=torch.device("cpu")))
     return metrics["test/top1"]
 

@@ -248,7 +248,8 @@ def test_default_augmentation_of_a_digit_folder_is_not_worse_than_none(tmp_path)
         cfg = load_config(None, [
             "data.name=imagefolder", f"data.root={tmp_path}", f"data.augment={augment}", "student.arch=resnet8",
             "distill.method=ce", "optim.lr=0.05", "optim.schedule=cosine", "optim.milestones=[]",
-            "train.epochs=15", "train.batch_size=32", "train.seed=0", "train.device=cpu", "train.threads=1"])
+            "train.epochs=15", "train.batch_size=32", "train.seed=0", "train.device=cpu", "train.threads=1",
+            "train.precision=fp32"])
         top1[augment] = run_job(cfg, "distill", Runtime(device=torch.device("cpu")))["test/top1"]
     assert top1["none"] > 80, top1  # the budget is enough to learn the digits at all
     assert top1["auto"] >= top1["none"] - 1.0, top1
