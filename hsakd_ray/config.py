@@ -69,9 +69,7 @@ IN_MEMORY_DATASETS = ("digits", "synthetic")  # tensors, augmented on the device
 
 
 def validate_data(data: DataConfig) -> None:
-    """``data`` keys that depend on each other: normalisation given as a pair, augmentation the dataset supports."""
-    if (data.mean is None) != (data.std is None):
-        raise ConfigError("data.mean and data.std go together: give both (1 value, or 3 for R, G, B) or neither")
+    """``data`` keys that depend on each other: normalisation per channel, augmentation the dataset supports."""
     for key in ("mean", "std"):
         values = getattr(data, key)
         if values is not None and len(values) not in (1, 3):

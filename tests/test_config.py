@@ -56,7 +56,7 @@ NON_DEFAULT = {
     "data.name": "digits", "data.root": "/srv/data", "data.train_root": "/srv/train", "data.val_root": "/srv/val",
     "data.image_size": 24, "data.val_fraction": 0.25, "data.split_seed": 7, "data.few_shot_ratio": 0.5,
     "data.synthetic_train_size": 100, "data.synthetic_test_size": 30, "data.synthetic_classes": 3,
-    "data.loader_workers": 2,
+    "data.loader_workers": 2, "data.flip": False, "data.mean": [0.5], "data.std": [0.25],
     "teacher.arch": "resnet8", "teacher.aux_stages": [2, 3], "teacher.checkpoint": "runs:/abc/checkpoint",
     "teacher.pretrained": "/srv/backbone.pt",
     "student.arch": "resnet8", "student.aux_stages": [1, 3], "student.checkpoint": "outputs/s/best",

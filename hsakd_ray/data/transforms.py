@@ -80,12 +80,16 @@ def resolve_flip(flip: str | bool, dataset_default: bool) -> bool:
 
 
 def normalisation(mean: list[float] | None, std: list[float] | None, default: Stats | Callable[[], Stats]) -> Stats:
-    """``data.mean`` / ``data.std`` as RGB stats (one value serves all channels); ``default`` (or its result) when
-    they are not given."""
-    if mean is None or std is None:
-        return default() if callable(default) else default
-    rgb = [tuple(float(v) for v in (values * 3 if len(values) == 1 else values)) for values in (mean, std)]
-    return rgb[0], rgb[1]
+    """``data.mean`` / ``data.std`` as RGB stats (one value serves all channels); the half not given comes from
+    ``default`` (or its result)."""
+    fallback = (default() if callable(default) else default) if mean is None or std is None else None
+
+    def rgb(values: list[float] | None, index: int) -> tuple[float, ...]:
+        if values is None:
+            return tuple(fallback[index])
+        return tuple(float(v) for v in (values * 3 if len(values) == 1 else values))
+
+    return rgb(mean, 0), rgb(std, 1)
 
 
 class RandomCropFlip:
