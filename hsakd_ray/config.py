@@ -272,14 +272,14 @@ def config_from_dict(raw: dict, base: Config | None = None) -> Config:
     return cfg
 
 
-def job_defaults(kind: str | None) -> Config:
+def job_defaults(kind: str | None, dataset: str | None = None) -> Config:
     """What a job's YAML is laid over: the schema's defaults, or for a ``probe`` job the reference's linear-probe
-    protocol (``probe_protocol.py``)."""
+    protocol (``probe_protocol.py``), with its data pipeline for ``dataset``."""
     if kind != "probe":
         return Config()
     from .probe_protocol import probe_defaults
 
-    return _build(Config, probe_defaults(), "")
+    return _build(Config, probe_defaults(dataset), "")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -394,8 +394,10 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = (), kind: str | None = None) -> Config:
     """The config of a ``kind`` job (teacher / distill / probe) from a YAML file and ``--set`` overrides."""
-    raw = read_yaml(path) if path else {}
-    return config_from_dict(apply_overrides(raw, list(overrides)), job_defaults(kind))
+    raw = apply_overrides(read_yaml(path) if path else {}, list(overrides))
+    data = raw.get("data")
+    dataset = data.get("name", DataConfig.name) if isinstance(data, dict) else DataConfig.name
+    return config_from_dict(raw, job_defaults(kind, dataset))
 
 
 def run_name(cfg: Config, kind: str) -> str:

@@ -1,6 +1,7 @@
 """The linear-probe transfer protocol of the reference implementation (github.com/winycg/HSAKD, ``eval_rep.py``),
 as the defaults of a ``probe`` job: frozen features, a fresh linear classifier trained with Nesterov SGD at lr 0.1
-without weight decay for 100 epochs (x0.1 at 30, 60, 90), batch 64, images at 32 px.
+without weight decay for 100 epochs (x0.1 at 30, 60, 90), batch 64, images at 32 px; for STL-10 and Tiny ImageNet
+also its augmentation (RandomResizedCrop + flip, tested on the resized image) and normalisation.
 
 A probe config states only what differs (dataset, checkpoint); a key it sets wins over these defaults.
 """
@@ -26,10 +27,31 @@ PROBE_PROTOCOL: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-def probe_defaults() -> dict:
-    """The protocol as a nested raw config (the base a probe job's YAML is laid over)."""
+# The data pipeline of the two datasets eval_rep.py transfers to: RandomResizedCrop(32) + flip to train, Resize(32)
+# to test (data.augment resized_crop_flip at 32 px), and its normalisation of each.
+PROBE_DATA: dict[str, tuple[tuple[str, Any, str], ...]] = {
+    "stl10": (
+        ("data.augment", "resized_crop_flip", "80-81, 88: RandomResizedCrop(32), RandomHorizontalFlip(); Resize(32)"),
+        ("data.flip", True, "81: transforms.RandomHorizontalFlip()"),
+        ("data.mean", [0.5, 0.5, 0.5], "83, 90: transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))"),
+        ("data.std", [0.5, 0.5, 0.5], "83, 90"),
+    ),
+    "tinyimagenet": (
+        ("data.augment", "resized_crop_flip", "103-104, 112: RandomResizedCrop(32), RandomHorizontalFlip(); "
+         "Resize(32)"),
+        ("data.flip", True, "104: transforms.RandomHorizontalFlip()"),
+        ("data.mean", [0.485, 0.456, 0.406], "106, 114: transforms.Normalize((0.485, 0.456, 0.406), "
+         "(0.229, 0.224, 0.225))"),
+        ("data.std", [0.229, 0.224, 0.225], "106, 114"),
+    ),
+}
+
+
+def probe_defaults(dataset: str | None = None) -> dict:
+    """The protocol as a nested raw config (the base a probe job's YAML is laid over), with the data pipeline of
+    ``dataset`` when eval_rep.py has one for it."""
     raw: dict = {}
-    for key, value, _ in PROBE_PROTOCOL:
+    for key, value, _ in PROBE_PROTOCOL + PROBE_DATA.get(dataset or "", ()):
         section, name = key.split(".")
         raw.setdefault(section, {})[name] = list(value) if isinstance(value, list) else value
     return raw

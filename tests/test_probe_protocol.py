@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torchvision import transforms as T
 
 from hsakd_ray.cli import main
 from hsakd_ray.config import load_config
+from hsakd_ray.data import build_datasets
 from hsakd_ray.engine import build_task, run_job
 from hsakd_ray.engine.runner import Runtime
 from hsakd_ray.models import build_model
-from hsakd_ray.probe_protocol import PROBE_PROTOCOL
+from hsakd_ray.probe_protocol import PROBE_DATA, PROBE_PROTOCOL
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +37,22 @@ EVAL_REP = {
     "data.val_fraction": (0.0, "86: testset = torchvision.datasets.STL10(..., split='test')"),
 }
 
+# eval_rep.py's pipeline per dataset: key -> (value, line: code).
+EVAL_REP_DATA = {
+    "stl10": {
+        "data.augment": ("resized_crop_flip", "80-81: RandomResizedCrop(32), RandomHorizontalFlip(); 88: Resize(32)"),
+        "data.flip": (True, "81: transforms.RandomHorizontalFlip()"),
+        "data.mean": ([0.5, 0.5, 0.5], "83: transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))"),
+        "data.std": ([0.5, 0.5, 0.5], "83"),
+    },
+    "tinyimagenet": {
+        "data.augment": ("resized_crop_flip", "103-104: RandomResizedCrop(32), flip; 112: Resize(32)"),
+        "data.flip": (True, "104: transforms.RandomHorizontalFlip()"),
+        "data.mean": ([0.485, 0.456, 0.406], "106: Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"),
+        "data.std": ([0.229, 0.224, 0.225], "106"),
+    },
+}
+
 
 def value(cfg, key: str):
     section, name = key.split(".")
@@ -44,6 +63,40 @@ def test_probe_defaults_are_eval_rep_values():
     cfg = load_config(None, [], kind="probe")
     assert {key: value(cfg, key) for key in EVAL_REP} == {key: v for key, (v, _) in EVAL_REP.items()}
     assert {key for key, _, _ in PROBE_PROTOCOL} == set(EVAL_REP)  # every default the protocol sets is checked here
+
+
+@pytest.mark.parametrize("dataset", sorted(EVAL_REP_DATA))
+def test_probe_data_defaults_are_eval_rep_values(dataset):
+    cfg = load_config(None, [f"data.name={dataset}"], kind="probe")
+    table = EVAL_REP_DATA[dataset]
+    assert {key: value(cfg, key) for key in table} == {key: v for key, (v, _) in table.items()}
+    assert {key for key, _, _ in PROBE_DATA[dataset]} == set(table)
+    assert load_config(None, ["data.name=cifar100"], kind="probe").data.mean is None  # only where eval_rep has one
+
+
+def write_stl10(root: Path) -> None:
+    """STL-10 in its published binary layout (stl10_binary/*_X.bin, *_y.bin), 96 px images."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 4), ("test", 3)]:
+        rng.integers(0, 256, n * 3 * 96 * 96, dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        (np.arange(n, dtype=np.uint8) % 10 + 1).tofile(folder / f"{split}_y.bin")
+    (folder / "unlabeled_X.bin").write_bytes(b"")
+
+
+def test_probe_on_stl10_trains_and_tests_on_eval_rep_pipelines(tmp_path):
+    """RandomResizedCrop(32) + flip + Normalize(0.5, 0.5) to train; Resize(32) + Normalize(0.5, 0.5) to test."""
+    write_stl10(tmp_path)
+    cfg = load_config(REPO / "configs" / "probe_stl10.yaml", [f"data.root={tmp_path}"], kind="probe")
+    data = build_datasets(cfg.data)
+    train, test = data.train.transform.transforms, data.eval.transform.transforms
+    assert [type(t) for t in train] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert train[0].size == (32, 32) and train[0].scale == (0.08, 1.0)  # torchvision's defaults, as in eval_rep
+    assert [type(t) for t in test] == [T.Resize, T.ToTensor, T.Normalize]
+    assert tuple(test[0].size) == (32, 32)  # a square 96 px image: Resize(32) and Resize((32, 32)) agree
+    assert list(train[-1].mean) == list(test[-1].mean) == [0.5] * 3 and list(test[-1].std) == [0.5] * 3
+    assert data.train[0][0].shape == data.eval[0][0].shape == (3, 32, 32)
 
 
 def test_probe_yaml_keys_win_and_other_jobs_keep_the_schema_defaults(tmp_path):
