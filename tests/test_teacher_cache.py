@@ -76,6 +76,8 @@ TRIALS = [  # hyperparameters a sweep searches: loss weights, the student's arch
     ("distill.temperature=5.0", "distill.alpha=0.5", "student.arch=resnet14", "optim.lr=0.02",
      "student.aux_stages=[1,2]"),
     ("train.seed=7",),  # another stream: its own batches
+    ("train.device_data=false", "distill.temperature=2.0"),  # DataLoader batches, host-side augmentation
+    ("train.device_data=false", "distill.temperature=4.0", "student.arch=resnet14"),
 ]
 
 
@@ -95,7 +97,8 @@ def test_trials_sharing_teacher_outputs_train_exactly_as_alone(teacher_dir, tmp_
             for k in keys:
                 assert s[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
     fractions = [[e["teacher_cache/hit_fraction"] for e in trial] for trial in shared]
-    assert fractions == [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]  # first computes, second reads, third differs
+    # first computes, second reads, third differs; the DataLoader pair: one computes, the other reads
+    assert fractions == [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
     assert shared[1][-1]["teacher_cache/hits_total"] == shared[1][-1]["teacher_cache/steps_total"] == 8
 
 

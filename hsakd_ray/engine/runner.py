@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, tensor_augmentation
 from ..errors import ConfigError
-from .batches import DeviceBatches
+from .batches import DeviceBatches, stream_seed
 from .checkpoint import write_checkpoint
 from .fastpath import (
     Choice,
@@ -223,6 +223,8 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     cycle_start = time.perf_counter()
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
+        if not isinstance(train_loader, DeviceBatches):  # host-side crop/flip draw from the global RNG: seed it
+            torch.manual_seed(stream_seed(cfg.train.seed, epoch, rt.rank))  # so batches do not depend on model init
         lr = optimizer.param_groups[0]["lr"]
         if provider is not None:
             provider.start_epoch(epoch)
