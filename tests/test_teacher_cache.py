@@ -253,3 +253,17 @@ def test_share_teacher_is_on_for_cpu_sweeps_of_teacher_methods_and_off_otherwise
 def test_bad_sharing_settings_are_refused_naming_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError, match=f"tune.{key}"):
         load_space(space_file(tmp_path, **{key: value}))
+
+
+def test_a_claim_that_ends_without_a_file_stops_the_waiting_for_the_epoch(tmp_path):
+    """Past the budget the claimer stores nothing: a trial waiting on its claims would pay twice per batch."""
+    s = store(tmp_path)
+    x0, x1 = torch.zeros(1), torch.ones(1)
+    assert s.claim(1, 0) and s.claim(1, 1)
+    threading.Timer(0.3, lambda: s.release(1, 0)).start()  # computed, not stored
+    provider = TeacherOutputs(TeacherStore(s.settings, "stream"), torch.device("cpu"))
+    provider.start_epoch(1)
+    provider.outputs(x0, lambda _: outputs(0))
+    start = time.monotonic()
+    provider.outputs(x1, lambda _: outputs(1))  # step 1 is claimed too, but not waited for
+    assert time.monotonic() - start < 1.0 and provider.counts == {"hits": 0, "computed": 2, "waited": 1}

@@ -217,9 +217,10 @@ class TeacherOutputs:
         self.counts = {"hits": 0, "computed": 0, "waited": 0}
         self.totals = {"hits": 0, "steps": 0}
         self._compute_s: float | None = None
+        self._waits_pay = True
 
     def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.step = epoch, 0
+        self.epoch, self.step, self._waits_pay = epoch, 0, True
         self.counts = dict.fromkeys(self.counts, 0)
 
     def outputs(self, inputs: torch.Tensor, compute: Callable[[torch.Tensor], Outputs]) -> Outputs:
@@ -231,7 +232,7 @@ class TeacherOutputs:
         store, fp = self.store, fingerprint(inputs)
         found = store.read(self.epoch, step, fp)
         claimed = False
-        if found is None:
+        if found is None and store.writable and not store.full and self._waits_pay:
             claimed = store.claim(self.epoch, step)
             if claimed:
                 found = store.read(self.epoch, step, fp)  # published between the read and the claim
@@ -240,6 +241,9 @@ class TeacherOutputs:
                 timeout = store.settings.wait_s if self._compute_s is None else min(
                     store.settings.wait_s, 4 * self._compute_s + 1.0)
                 found = store.wait_for(self.epoch, step, fp, timeout)
+                # a claim that ended without a file: its owner stopped or stores no more (budget); waiting again
+                # would double this trial's time, so it computes unclaimed until the next epoch
+                self._waits_pay = found is not None
         if found is not None:
             if claimed:
                 store.release(self.epoch, step)
