@@ -114,7 +114,8 @@ class RandomCropFlip:
             self._fill_tensors[key] = torch.tensor(self.fill, dtype=dtype, device=device).view(1, -1, 1, 1)
         return self._fill_tensors[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator``: the draws' source (None: torch's global RNG, as torchvision's transforms use)."""
         single = x.dim() == 3
         batch = x.unsqueeze(0) if single else x
         b, c, h, w = batch.shape
@@ -122,15 +123,15 @@ class RandomCropFlip:
         fill = self.fill_tensor(batch.dtype, batch.device)
         padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
         padded[:, :, p:p + h, p:p + w] = batch
-        top = torch.randint(0, 2 * p + 1, (b, 1), device=batch.device)
-        left = torch.randint(0, 2 * p + 1, (b, 1), device=batch.device)
+        top = torch.randint(0, 2 * p + 1, (b, 1), device=batch.device, generator=generator)
+        left = torch.randint(0, 2 * p + 1, (b, 1), device=batch.device, generator=generator)
         rows = (top + torch.arange(h, device=batch.device)).view(b, 1, h, 1)
         cols = (left + torch.arange(w, device=batch.device)).view(b, 1, 1, w)
         images = torch.arange(b, device=batch.device).view(b, 1, 1, 1)
         channels = torch.arange(c, device=batch.device).view(1, c, 1, 1)
         out = padded[images, channels, rows, cols]
         if self.flip:
-            flipped = torch.rand(b, device=batch.device) < 0.5
+            flipped = torch.rand(b, device=batch.device, generator=generator) < 0.5
             out = torch.where(flipped.view(b, 1, 1, 1), out.flip(-1), out)
         return out[0] if single else out
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, is_in_memory, tensor_augmentation
 from ..errors import ConfigError
-from .batches import DeviceBatches
+from .batches import DeviceBatches, stream_seed
 from .checkpoint import write_checkpoint
 from .fastpath import (
     Choice,
@@ -37,6 +37,7 @@ from .fastpath import (
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, build_scheduler
 from .tasks import Task, build_task
+from .teacher_cache import build_provider, widen_teacher
 
 # report(epoch, metrics, save) -- ``save(path)`` writes the epoch's checkpoint directory when the reporter wants one.
 Reporter = Callable[[int, dict, Callable[[str | Path], Path]], None]
@@ -51,6 +52,7 @@ class Runtime:
     report: Reporter | None = None
     resume_state: dict | None = None  # a checkpoint's ``load_train_state``: train state plus its model states
     log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))  # rank 0's job-level lines
+    teacher_store: dict | None = None  # a sweep's shared teacher outputs (teacher_cache.StoreSettings fields)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,6 +190,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data)
     task = build_task(kind, cfg, data.num_classes)
+    heads = widen_teacher(rt.teacher_store, task, cfg)  # sharing: one stream for every head placement
     train_loader, eval_loader = make_batches(data, cfg, rt)
     start_epoch = int(rt.resume_state["epoch"]) if rt.resume_state is not None else 0
     steps = (cfg.train.epochs - start_epoch) * len(train_loader)
@@ -204,13 +207,22 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         adopt_base_lr(optimizer, scheduler, cfg.optim.lr)
         set_rng_state(state["rng"])
     task.wrap(rt.wrap)
+    provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads)
+    if provider is not None:
+        task.provider = provider
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     cycle_start = time.perf_counter()
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
+        if not isinstance(train_loader, DeviceBatches):  # host-side crop/flip draw from the global RNG: seed it
+            torch.manual_seed(stream_seed(cfg.train.seed, epoch, rt.rank))  # so batches do not depend on model init
         lr = optimizer.param_groups[0]["lr"]
+        if provider is not None:
+            provider.start_epoch(epoch)
         metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, setup.overlap)
+        if provider is not None:
+            metrics.update(provider.epoch_metrics())
         scheduler.step()
         for prefix, net in task.networks_to_evaluate().items():
             for k, v in evaluate(net, eval_loader, rt.device, fast, autocast, setup.chunk_rows).items():

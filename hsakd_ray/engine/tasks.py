@@ -97,6 +97,7 @@ class DistillTask(Task):
         self.inference_mode, self.cpu_chunk_rows = cfg.train.inference_mode, cfg.train.cpu_chunk_rows
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+        self.provider = None  # set by the runner when a sweep shares teacher outputs (teacher_cache.TeacherOutputs)
 
     def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         rows = chunk_rows(self.cpu_chunk_rows, x.device)
@@ -112,6 +113,8 @@ class DistillTask(Task):
         if self.teacher is None or not self.method.needs_teacher:
             return None
         inputs = D.rotate_batch(x, y)[0] if self.method.rotation else x
+        if self.provider is not None:
+            return (inputs, *self.provider.outputs(inputs, self.teacher_forward))
         return (inputs, *self.teacher_forward(inputs))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:

@@ -33,11 +33,13 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 
 
 def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callbacks: list | None = None,
-                  teacher_files: dict[str, bytes] | None = None, start_from: str | None = None) -> TorchTrainer:
+                  teacher_files: dict[str, bytes] | None = None, start_from: str | None = None,
+                  teacher_store: dict | None = None) -> TorchTrainer:
     """One job = one TorchTrainer named ``name`` under ``storage_path`` (same name again resumes it).
 
     ``start_from``: a checkpoint directory (local or storage URI) the run starts from when it has no checkpoint of its
-    own, e.g. a PBT donor's (Train V2 refuses ``resume_from_checkpoint``: the worker loads it, see worker.py)."""
+    own, e.g. a PBT donor's (Train V2 refuses ``resume_from_checkpoint``: the worker loads it, see worker.py).
+    ``teacher_store``: a sweep's shared teacher outputs (engine/teacher_cache.StoreSettings fields), or None."""
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,
@@ -48,7 +50,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "kind": kind, "teacher_files": teacher_files,
-                           "start_from": start_from},
+                           "start_from": start_from, "teacher_store": teacher_store},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=run_config,

@@ -85,4 +85,5 @@ def _train_worker(config: dict, scratch: str) -> None:
         return ray.train.torch.prepare_model(module, move_to_device=False)
 
     run_job(cfg, kind, Runtime(device=device, rank=rank, world_size=world, wrap=wrap, report=report,
-                               resume_state=resume_state, log=logger.info))
+                               resume_state=resume_state, log=logger.info,
+                               teacher_store=config.get("teacher_store")))

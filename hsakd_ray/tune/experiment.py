@@ -38,6 +38,7 @@ from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
 from .searchers import build_scheduler, build_search_alg, param_space
+from .sharing import sharing_settings
 from .space import SearchSpace, check_placement, distribution_values, final_config, load_space
 from .trial import default_concurrency, run_trial, trial_resources
 
@@ -207,8 +208,11 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
 
 def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
                 train_storage: str, logger: MLflowTrialLogger, metric: str, mode: str, resume: bool) -> tune.Tuner:
+    """The Tuner for a new sweep, or the restored one; every trial gets the shared teacher outputs' settings."""
+    teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage),
+        tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
+                             teacher_store=teacher_store),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,

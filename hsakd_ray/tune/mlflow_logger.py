@@ -15,6 +15,7 @@ from ray.tune import Callback
 from ..config import config_to_dict, flatten
 from ..tracking import runs as R
 from ..tracking.epoch_logger import FAST_PATH_TAGS, backfill_epochs
+from .sharing import SharingTally
 from .space import SearchSpace, trial_config
 
 EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
@@ -35,6 +36,7 @@ class MLflowTrialLogger(Callback):
         self.nodes: dict[str, dict[str, str]] = {}
         self.closed: set[str] = set()  # trials whose run has its final status
         self._client: MlflowClient | None = None
+        self.sharing = SharingTally()  # teacher outputs each trial read from the sweep's store
 
     @property
     def client(self) -> MlflowClient:
@@ -81,6 +83,7 @@ class MLflowTrialLogger(Callback):
             return
         run_id, epoch = self.run_id(trial), int(result["epoch"])
         self._tag_node(run_id, trial.trial_id, result)
+        self.sharing.add(trial.trial_id, result)
         self.last_epoch[trial.trial_id] = epoch
         if epoch in self.logged[trial.trial_id]:
             return
@@ -102,8 +105,28 @@ class MLflowTrialLogger(Callback):
                 self.client.set_tag(run_id, tag, value)
             self.nodes[trial_id] = node
 
+    def _tag_sharing(self, run_id: str, trial_id: str) -> None:
+        hits, steps = self.sharing.trial(trial_id)
+        if steps:
+            self.client.set_tag(run_id, "teacher_cache.hit_fraction", f"{hits / steps:.3f}")
+            self.client.set_tag(run_id, "teacher_cache.shared", "read" if hits else "computed")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """The sweep's sharing on the parent run and in the log: which trials read shared outputs, how much."""
+        readers, reporting, hits, steps = self.sharing.summary()
+        if not steps:
+            return
+        self.client.log_metric(self.parent, "teacher_cache/hit_fraction", hits / steps)
+        self.client.set_tag(self.parent, "teacher_cache.summary", f"{readers} of {reporting} trials read shared "
+                                                                  f"teacher outputs; {hits:.0f} of {steps:.0f} steps")
+        per = ", ".join(f"{t} {h / s:.0%}" for t in sorted(self.sharing.trials)
+                        for h, s in [self.sharing.trial(t)] if s)
+        print(f"teacher outputs shared: {hits:.0f} of {steps:.0f} steps read from the store ({hits / steps:.0%}); "
+              f"per trial: {per}", flush=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
+        self._tag_sharing(run_id, trial.trial_id)
         last = self.last_epoch.get(trial.trial_id, max(self.logged[trial.trial_id], default=0))
         if last < self.space.base.train.epochs:
             self.client.set_tag(run_id, "stopped_by", self.space.tune.scheduler.type)

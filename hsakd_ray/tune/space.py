@@ -58,6 +58,9 @@ class TuneSpec:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     name: str | None = None                 # experiment name (Ray + MLflow parent run); default: the file's stem
     top_k: int = 5                          # rows of the printed results table
+    share_teacher: str | bool = "auto"      # trials share the frozen teacher's outputs (tune/sharing.py)
+    teacher_store_gb: float = 8.0           # disk budget of the shared outputs; past it trials compute their own
+    teacher_store_dtype: str = "float32"    # float32: exact; bfloat16: half the bytes, outputs rounded to bf16
 
 
 @dataclass
@@ -228,6 +231,9 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
 
 
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
+    from .sharing import check_sharing  # sharing.py reads TuneSpec
+
+    check_sharing(tune)
     s = tune.scheduler
     if s.type not in SCHEDULERS:
         raise ConfigError(f"tune.scheduler.type {s.type!r} is unknown; allowed: {', '.join(SCHEDULERS)}")

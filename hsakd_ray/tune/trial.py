@@ -61,7 +61,7 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
 
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str) -> None:
+              train_storage: str, teacher_store: dict | None = None) -> None:
     cfg = trial_config(space, config["params"])
     ctx = tune.get_context()
     name = f"{ctx.get_trial_id()}"
@@ -72,7 +72,8 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
         name = restart_run_name(name, start_from)
 
     def make_trainer(callbacks: list) -> Any:
-        return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from)
+        return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from,
+                             teacher_store=teacher_store)
 
     if pbt:
         _fit_reporting_checkpoints(make_trainer)

@@ -1,0 +1,71 @@
+"""``tune.share_teacher``: whether a sweep's trials share the frozen teacher's outputs (engine/teacher_cache.py),
+where the store lives, and what the sweep's log and MLflow say about it afterwards."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import ConfigError
+from ..distill.methods import method_spec
+from ..engine.teacher_cache import StoreSettings
+from ..train.ray_session import is_remote_storage
+
+if TYPE_CHECKING:
+    from .space import SearchSpace, TuneSpec
+
+SHARE_VALUES = ("auto", True, False)
+DTYPES = ("float32", "bfloat16")
+
+
+def check_sharing(t: TuneSpec) -> None:
+    if t.share_teacher not in SHARE_VALUES:
+        raise ConfigError(f"tune.share_teacher must be auto, true or false, got {t.share_teacher!r}")
+    if not isinstance(t.teacher_store_gb, (int, float)) or isinstance(t.teacher_store_gb, bool) \
+            or t.teacher_store_gb < 0:
+        raise ConfigError(f"tune.teacher_store_gb must be a number >= 0, got {t.teacher_store_gb!r}")
+    if t.teacher_store_dtype not in DTYPES:
+        raise ConfigError(f"tune.teacher_store_dtype must be one of {', '.join(DTYPES)}, "
+                          f"got {t.teacher_store_dtype!r}")
+
+
+def sharing_settings(space: SearchSpace, storage: str) -> dict | None:
+    """The store's settings for every trial, or None (and why, printed once).
+
+    ``auto`` shares when the method reads a frozen teacher (hsakd, kd) and trials run on CPUs, where the teacher's
+    forward is most of a step; on GPUs it is milliseconds, which a disk read does not beat (``true`` forces it)."""
+    t, method = space.tune, space.base.distill.method
+    if t.share_teacher is False or not method_spec(method).needs_teacher:
+        return None
+    if t.share_teacher == "auto" and t.resources.gpus_per_worker > 0:
+        print("teacher outputs: not shared (GPU trials; tune.share_teacher: true shares them)", flush=True)
+        return None
+    if is_remote_storage(storage):
+        print(f"teacher outputs: not shared (ray.storage_path {storage} is not a filesystem path)", flush=True)
+        return None
+    root = Path(storage) / f"{space.name}-teacher-outputs"
+    settings = StoreSettings(root=str(root), budget_bytes=int(t.teacher_store_gb * 2**30),
+                             dtype=t.teacher_store_dtype)
+    print(f"teacher outputs: shared by the trials through {root} (budget {t.teacher_store_gb:g} GiB, "
+          f"{t.teacher_store_dtype})", flush=True)
+    return vars(settings)
+
+
+class SharingTally:
+    """Per trial: steps whose teacher outputs it read from the store, of all its steps (epochs counted once)."""
+
+    def __init__(self) -> None:
+        self.trials: dict[str, dict[int, tuple[float, float]]] = {}
+
+    def add(self, trial_id: str, result: dict) -> None:
+        if "teacher_cache/hits" in result and "epoch" in result:
+            hits, computed = result["teacher_cache/hits"], result["teacher_cache/computed"]
+            self.trials.setdefault(trial_id, {})[int(result["epoch"])] = (hits, hits + computed)
+
+    def trial(self, trial_id: str) -> tuple[float, float]:
+        epochs = self.trials.get(trial_id, {}).values()
+        return sum(h for h, _ in epochs), sum(s for _, s in epochs)
+
+    def summary(self) -> tuple[int, int, float, float]:
+        """(trials that read shared outputs, trials that reported, hits, steps)."""
+        per = [self.trial(t) for t in self.trials]
+        return sum(h > 0 for h, _ in per), len(per), sum(h for h, _ in per), sum(s for _, s in per)

@@ -1,0 +1,269 @@
+"""Shared teacher outputs (engine/teacher_cache.py): trials read what they would have computed, the store's writes
+are atomic, claims exclude each other across processes, the budget bounds it, and a broken store only costs time."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hsakd_ray.config import Config, ConfigError, apply_overrides, config_from_dict
+from hsakd_ray.data.transforms import RandomCropFlip
+from hsakd_ray.engine import Runtime, run_job
+from hsakd_ray.engine.batches import DeviceBatches
+from hsakd_ray.engine.reporting import LocalReporter
+from hsakd_ray.engine.teacher_cache import StoreSettings, TeacherOutputs, TeacherStore, fingerprint
+from hsakd_ray.tune.sharing import sharing_settings
+from hsakd_ray.tune.space import load_space
+
+torch.set_num_threads(1)
+
+TINY = {
+    "data": {"name": "synthetic", "image_size": 16, "synthetic_train_size": 64, "synthetic_test_size": 32,
+             "synthetic_classes": 4},
+    "teacher": {"arch": "resnet8"},
+    "student": {"arch": "resnet8"},
+    "optim": {"schedule": "constant", "milestones": []},
+    "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
+}
+
+
+def tiny(*overrides: str) -> Config:
+    return config_from_dict(apply_overrides(TINY, list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("teacher")
+    cfg = tiny("train.epochs=1")
+    run_job(cfg, "teacher", Runtime(report=LocalReporter(run_dir, 1, printer=lambda line: None)))
+    return run_dir / "latest"
+
+
+# ---------------------------------------------------------------- the data stream
+
+def test_device_batches_do_not_depend_on_the_global_rng():
+    """Model init consumes the global RNG differently per trial (arch, head placement); crops must not follow it."""
+    images, labels = torch.randn(32, 3, 8, 8), torch.arange(32) % 4
+    augment = RandomCropFlip(2, flip=True, fill=(0.0, 0.0, 0.0))
+    seen = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        batches = DeviceBatches(images, labels, 8, torch.device("cpu"), augment=augment, seed=3)
+        batches.set_epoch(2)
+        seen.append(torch.cat([x for x, _ in batches]))
+    assert torch.equal(seen[0], seen[1])
+    batches.set_epoch(3)
+    assert not torch.equal(torch.cat([x for x, _ in batches]), seen[1])  # still a new draw each epoch
+
+
+# ---------------------------------------------------------------- exactness
+
+def run_trial(cfg: Config, store: dict | None) -> list[dict]:
+    epochs: list[dict] = []
+    run_job(cfg, "distill", Runtime(report=lambda epoch, metrics, save: epochs.append(metrics), teacher_store=store))
+    return epochs
+
+
+TRIALS = [  # hyperparameters a sweep searches: loss weights, the student's arch and head placement share one stream
+    ("distill.temperature=3.0", "student.aux_stages=[3]"),
+    ("distill.temperature=5.0", "distill.alpha=0.5", "student.arch=resnet14", "optim.lr=0.02",
+     "student.aux_stages=[1,2]"),
+    ("train.seed=7",),  # another stream: its own batches
+    ("train.device_data=false", "distill.temperature=2.0"),  # DataLoader batches, host-side augmentation
+    ("train.device_data=false", "distill.temperature=4.0", "student.arch=resnet14"),
+]
+
+
+def test_trials_sharing_teacher_outputs_train_exactly_as_alone(teacher_dir, tmp_path):
+    """Tolerance: none needed on one machine with fp32 storage; losses and accuracies are compared to 1e-6 relative
+    (the stored tensors are the computed ones, bit for bit)."""
+    settings = {"root": str(tmp_path / "store")}
+    alone, shared = [], []
+    for overrides in TRIALS:
+        cfg = tiny(*overrides, f"teacher.checkpoint={teacher_dir}")
+        alone.append(run_trial(cfg, None))
+        shared.append(run_trial(cfg, settings))
+    keys = [k for k in alone[0][0] if k.startswith(("train/", "test/"))]
+    assert "train/loss" in keys and "test/top1" in keys
+    for a_trial, s_trial in zip(alone, shared, strict=True):
+        for a, s in zip(a_trial, s_trial, strict=True):
+            for k in keys:
+                assert s[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+    fractions = [[e["teacher_cache/hit_fraction"] for e in trial] for trial in shared]
+    # first computes, second reads, third differs; the DataLoader pair: one computes, the other reads
+    assert fractions == [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    assert shared[1][-1]["teacher_cache/hits_total"] == shared[1][-1]["teacher_cache/steps_total"] == 8
+
+
+# ---------------------------------------------------------------- the store
+
+def outputs(seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 4, generator=g), [torch.randn(8, 16, generator=g) for _ in range(2)]
+
+
+def store(tmp_path: Path, **kw) -> TeacherStore:
+    return TeacherStore(StoreSettings(root=str(tmp_path / "store"), **kw), "stream")
+
+
+def test_publish_is_atomic_and_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    s = store(tmp_path)
+    assert s.publish(1, 0, "fp", outputs(0))
+    logits, aux = s.read(1, 0, "fp")
+    assert torch.equal(logits, outputs(0)[0]) and all(map(torch.equal, aux, outputs(0)[1]))
+    assert s.read(1, 0, "another batch") is None
+
+    def broken_save(obj, f):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    assert not s.publish(1, 0, "fp", outputs(1))  # fails, says so once, never raises
+    assert torch.equal(s.read(1, 0, "fp")[0], outputs(0)[0])  # the previous file, whole
+    assert sorted(p.name for p in s.path(1, 0).parent.iterdir()) == ["0-000000.pt"]  # no temp debris
+
+
+def test_bfloat16_storage_halves_the_bytes_within_its_stated_tolerance(tmp_path):
+    exact, half = store(tmp_path / "a"), store(tmp_path / "b", dtype="bfloat16")
+    big = torch.randn(256, 100), [torch.randn(256, 400) for _ in range(3)]  # a CIFAR-100 batch's size
+    for s in (exact, half):
+        assert s.publish(1, 0, "fp", big)
+    assert half.path(1, 0).stat().st_size < 0.55 * exact.path(1, 0).stat().st_size
+    logits, aux = half.read(1, 0, "fp")
+    assert logits.dtype == torch.float32
+    for got, want in zip([logits, *aux], [big[0], *big[1]], strict=True):
+        torch.testing.assert_close(got, want, rtol=2**-8, atol=0)  # README: relative error < 0.4 %
+
+
+CLAIM = """
+import sys, time
+from hsakd_ray.engine.teacher_cache import StoreSettings, TeacherStore
+s = TeacherStore(StoreSettings(root=sys.argv[1]), "stream")
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+print(s.claim(1, 0))
+"""
+
+
+def test_two_processes_never_both_claim_a_batch(tmp_path):
+    start = time.time() + 8.0  # both are imported and spinning by then, on a loaded machine too
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path / "store"), str(start)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    won = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert won == ["False", "True"]
+
+
+def test_a_stale_claim_is_taken_over_and_a_live_one_waited_for(tmp_path):
+    s = store(tmp_path, stale_s=60)
+    assert s.claim(1, 0) and not s.claim(1, 0)
+    old = time.time() - 120
+    os.utime(s.path(1, 0, ".claim"), (old, old))
+    assert s.claim(1, 0)  # its owner is gone
+
+    x = torch.zeros(2)
+    assert s.claim(2, 0)  # another trial computes this batch, publishing it 0.3 s from now
+    threading.Timer(0.3, lambda: (s.publish(2, 0, fingerprint(x), outputs(2)), s.release(2, 0))).start()
+    provider = TeacherOutputs(TeacherStore(s.settings, "stream"), torch.device("cpu"))
+    provider.start_epoch(2)
+    got = provider.outputs(x, lambda _: pytest.fail("computed although another trial was computing it"))
+    assert torch.equal(got[0], outputs(2)[0]) and provider.counts == {"hits": 1, "computed": 0, "waited": 1}
+
+
+def test_a_full_budget_stops_storing_and_trials_still_get_their_outputs(tmp_path):
+    warnings: list[str] = []
+    one_file = 8 * 4 * 4 + 2 * 8 * 16 * 4 + 1024
+    s = TeacherStore(StoreSettings(root=str(tmp_path / "store"), budget_bytes=int(2.5 * one_file)), "stream",
+                     warn=warnings.append)
+    provider = TeacherOutputs(s, torch.device("cpu"))
+    for epoch in (1, 2):
+        provider.start_epoch(epoch)
+        for step in range(2):
+            x = torch.full((2,), float(10 * epoch + step))
+            got = provider.outputs(x, lambda x: outputs(int(x[0])))
+            assert torch.equal(got[0], outputs(10 * epoch + step)[0])
+    stored = sorted(str(p.relative_to(s.dir)) for p in s.dir.rglob("*.pt"))
+    assert stored == ["00001/0-000000.pt", "00001/0-000001.pt"]  # the first epoch kept, the rest computed
+    assert len(warnings) == 1 and "budget" in warnings[0]
+
+
+def test_a_corrupt_file_is_recomputed_replaced_and_reported_once(tmp_path):
+    warnings: list[str] = []
+    s = TeacherStore(StoreSettings(root=str(tmp_path / "store")), "stream", warn=warnings.append)
+    x = torch.arange(6.0)
+    s.path(1, 0).parent.mkdir(parents=True)
+    s.path(1, 0).write_bytes(b"not a torch file")
+    provider = TeacherOutputs(s, torch.device("cpu"))
+    provider.start_epoch(1)
+    got = provider.outputs(x, lambda _: outputs(5))
+    assert torch.equal(got[0], outputs(5)[0]) and provider.counts["computed"] == 1
+    assert torch.equal(s.read(1, 0, fingerprint(x))[0], outputs(5)[0])  # replaced by a good file
+    assert len(warnings) == 1 and "unreadable" in warnings[0]
+
+
+def test_an_unwritable_store_falls_back_to_computing(tmp_path):
+    warnings: list[str] = []
+    root = tmp_path / "store"
+    root.write_text("a file where the store's directory should be")
+    provider = TeacherOutputs(TeacherStore(StoreSettings(root=str(root)), "stream", warn=warnings.append),
+                              torch.device("cpu"))
+    for epoch in (1, 2):
+        provider.start_epoch(epoch)
+        assert torch.equal(provider.outputs(torch.zeros(1), lambda _: outputs(3))[0], outputs(3)[0])
+    assert len(warnings) == 1 and "cannot write" in warnings[0]
+
+
+# ---------------------------------------------------------------- tune.share_teacher
+
+def space_file(tmp_path: Path, **tune) -> Path:
+    raw = {"base": {"data": {"name": "digits", "image_size": 16}, "teacher": {"arch": "resnet8"},
+                    "student": {"arch": "resnet8"}, "distill": {"method": tune.pop("method", "hsakd")}},
+           "teacher": {"config": {"train": {"epochs": 1}}},
+           "search": {"distill.temperature": {"grid": [2.0, 4.0]}},
+           "tune": {"name": "s", "search_alg": "grid", **tune}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_share_teacher_is_on_for_cpu_sweeps_of_teacher_methods_and_off_otherwise(tmp_path):
+    storage = str(tmp_path / "ray_results")
+    on = sharing_settings(load_space(space_file(tmp_path)), storage)
+    assert on["root"] == str(tmp_path / "ray_results" / "s-teacher-outputs") and on["dtype"] == "float32"
+    assert sharing_settings(load_space(space_file(tmp_path, share_teacher=False)), storage) is None
+    assert sharing_settings(load_space(space_file(tmp_path, method="ce")), storage) is None
+    gpu = space_file(tmp_path, resources={"num_workers": 1, "gpus_per_worker": 1})
+    assert sharing_settings(load_space(gpu), storage) is None
+    assert sharing_settings(load_space(space_file(tmp_path, resources={"num_workers": 1, "gpus_per_worker": 1},
+                                                  share_teacher=True)), storage) is not None
+    assert sharing_settings(load_space(space_file(tmp_path)), "s3://bucket/runs") is None
+    assert sharing_settings(load_space(space_file(tmp_path, teacher_store_gb=0.5, teacher_store_dtype="bfloat16")),
+                            storage)["budget_bytes"] == 2**29
+
+
+@pytest.mark.parametrize("key,value", [("share_teacher", "sometimes"), ("teacher_store_gb", -1),
+                                       ("teacher_store_dtype", "float16")])
+def test_bad_sharing_settings_are_refused_naming_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"tune.{key}"):
+        load_space(space_file(tmp_path, **{key: value}))
+
+
+def test_a_claim_that_ends_without_a_file_stops_the_waiting_for_the_epoch(tmp_path):
+    """Past the budget the claimer stores nothing: a trial waiting on its claims would pay twice per batch."""
+    s = store(tmp_path)
+    x0, x1 = torch.zeros(1), torch.ones(1)
+    assert s.claim(1, 0) and s.claim(1, 1)
+    threading.Timer(0.3, lambda: s.release(1, 0)).start()  # computed, not stored
+    provider = TeacherOutputs(TeacherStore(s.settings, "stream"), torch.device("cpu"))
+    provider.start_epoch(1)
+    provider.outputs(x0, lambda _: outputs(0))
+    start = time.monotonic()
+    provider.outputs(x1, lambda _: outputs(1))  # step 1 is claimed too, but not waited for
+    assert time.monotonic() - start < 1.0 and provider.counts == {"hits": 0, "computed": 2, "waited": 1}
