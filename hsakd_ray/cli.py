@@ -62,6 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .config import apply_overrides, config_from_dict, read_yaml
     from .data import build_datasets
     from .engine import load_network, read_meta, resolve_device
+    from .engine.fastpath import autocast_dtype, chunk_rows, cpu_flags, resolve_precision
     from .engine.loop import evaluate
     from .engine.runner import Runtime, make_loaders
 
@@ -70,12 +71,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = config_from_dict(apply_overrides(read_yaml(ckpt / "config.yaml"), args.set))
     net = load_network(ckpt, role="checkpoint")
     device = resolve_device(cfg.train.device)
-    net.to(device)
+    # evaluate as training evaluated (precision, memory format, chunks), so the stored metrics are reproduced
+    precision = resolve_precision(cfg.train.precision, device.type, cpu_flags())
+    net.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
     data = build_datasets(cfg.data)
     _, loader = make_loaders(data.train, data.eval, cfg, Runtime(device=device))
     with torch.inference_mode():
-        metrics = evaluate(net, loader, device)
-    print(f"{ckpt} ({net.arch}, {data.eval_split} split of {cfg.data.name}, {len(data.eval)} images)")
+        metrics = evaluate(net, loader, device, cfg.train.channels_last, autocast_dtype(precision.value),
+                           chunk_rows(cfg.train.cpu_chunk_rows, device))
+    print(f"{ckpt} ({net.arch}, {data.eval_split} split of {cfg.data.name}, {len(data.eval)} images, "
+          f"precision {precision.value})")
     for key, value in metrics.items():
         print(f"  {data.eval_split}/{key:<22}{value:8.2f}")
 

@@ -74,7 +74,7 @@ def test_teacher_then_distill_then_evaluate_on_digits(digits_config, tmp_path, c
 
     assert main(["evaluate", str(student)]) == 0
     printed = capsys.readouterr().out
-    assert "(resnet8, test split of digits, 359 images)" in printed
+    assert "(resnet8, test split of digits, 359 images, precision " in printed
     top1 = float(re.search(r"test/top1\s+([\d.]+)", printed).group(1))
     assert top1 == pytest.approx(read_meta(student)["metrics"]["test/top1"], abs=0.005)  # what training measured
     assert re.search(r"test/head_1_class_acc\s+[\d.]+", printed)  # the student's two heads are evaluated
@@ -83,7 +83,7 @@ def test_teacher_then_distill_then_evaluate_on_digits(digits_config, tmp_path, c
     assert main(["evaluate", str(student), "--set", "data.val_fraction=0.2"]) == 0
     printed = capsys.readouterr().out
     held_out = len(build_datasets(DataConfig(name="digits", image_size=16, val_fraction=0.2)).eval)
-    assert f"(resnet8, val split of digits, {held_out} images)" in printed and 280 < held_out < 300
+    assert f"(resnet8, val split of digits, {held_out} images, precision " in printed and 280 < held_out < 300
     assert re.search(r"val/top1\s+[\d.]+", printed) and "test/top1" not in printed
     assert main(["evaluate", str(student), "--set", "data.val_fraction=0.9"]) == 2
     assert "data.val_fraction must be in [0.0, 0.5]" in one_line_error(capsys)
