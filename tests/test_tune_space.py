@@ -146,3 +146,16 @@ def test_optuna_missing_gives_a_clear_error(tmp_path):
     space = load_space(write_space(tmp_path, tune__search_alg="optuna"))
     with pytest.raises(ConfigError, match=r"pip install 'hsakd-ray\[optuna\]'"):
         build_search_alg(space, 1)
+
+
+def test_default_concurrency_counts_each_trial_driver_with_its_worker_group(tmp_path):
+    """Tune reserves only a trial's driver (0.05 CPU): on 2 CPUs two 1-CPU trials need 2.1 CPUs, so one runs at a
+    time (else the second worker group waits on the first trial's CPUs until its start-up timeout)."""
+    from hsakd_ray.tune.space import load_space
+    from hsakd_ray.tune.trial import default_concurrency
+
+    space = load_space(str(Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"))
+    assert default_concurrency(space, {"CPU": 2.0}) == 1
+    assert default_concurrency(space, {"CPU": 2.2}) == 2
+    pbt = load_space(str(Path(__file__).parent.parent / "search_spaces" / "pbt_digits.yaml"))
+    assert default_concurrency(pbt, {"CPU": 2.0}) == 4  # 4 x (0.45 + 0.05): its trials side by side

@@ -86,11 +86,14 @@ def trial_resources(space: SearchSpace) -> dict:
     return {"cpu": 0.05}
 
 
-def default_concurrency(space: SearchSpace) -> int:
-    """How many trials the cluster fits at once: its CPUs (and GPUs) over one trial's worker group."""
-    resources = ray.cluster_resources()
+def default_concurrency(space: SearchSpace, resources: dict | None = None) -> int:
+    """How many trials the cluster fits at once: its CPUs over one trial's driver plus worker group (and its GPUs
+    over the group's). Tune reserves only the driver, so admitting more would leave a worker group waiting for
+    another trial's CPUs until its start-up timeout."""
+    resources = ray.cluster_resources() if resources is None else resources
     r = space.tune.resources
-    fits = int(resources.get("CPU", 1) // (r.num_workers * r.cpus_per_worker))
+    per_trial = r.num_workers * r.cpus_per_worker + trial_resources(space)["cpu"]
+    fits = int((resources.get("CPU", 1) + 1e-9) // per_trial)
     if r.gpus_per_worker:
         fits = min(fits, int(resources.get("GPU", 0) // (r.num_workers * r.gpus_per_worker)))
     return max(1, fits)
