@@ -116,7 +116,7 @@ class MLflowTrialLogger(Callback):
         readers, reporting, hits, steps = self.sharing.summary()
         if not steps:
             return
-        self.client.log_metric(self.parent, "teacher_cache/hit_fraction", hits / steps)
+        R.log_metric_once(self.client, self.parent, "teacher_cache/hit_fraction", hits / steps)  # once, even on resume
         self.client.set_tag(self.parent, "teacher_cache.summary", f"{readers} of {reporting} trials read shared "
                                                                   f"teacher outputs; {hits:.0f} of {steps:.0f} steps")
         per = ", ".join(f"{t} {h / s:.0%}" for t in sorted(self.sharing.trials)
