@@ -267,3 +267,36 @@ def test_a_claim_that_ends_without_a_file_stops_the_waiting_for_the_epoch(tmp_pa
     start = time.monotonic()
     provider.outputs(x1, lambda _: outputs(1))  # step 1 is claimed too, but not waited for
     assert time.monotonic() - start < 1.0 and provider.counts == {"hits": 0, "computed": 2, "waited": 1}
+
+
+def _claim_and_hang(root: str, ready) -> None:
+    s = TeacherStore(StoreSettings(root=root), "stream")
+    ready.put(s.claim(1, 0) and s.claim(1, 1))
+    time.sleep(600)  # killed by the test, as ASHA's stop or PBT's exploit kills a Train worker mid-batch
+
+
+def test_a_killed_trials_claims_are_taken_over_at_once(tmp_path):
+    """A trial stopped mid-batch (ASHA, PBT exploit, a killed driver) leaves claims behind; another trial waiting on
+    one computes it as soon as the owner's process is gone, not after ``wait_s``, and keeps waiting on live claims."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready = ctx.Queue()
+    owner = ctx.Process(target=_claim_and_hang, args=(str(tmp_path / "store"), ready))
+    owner.start()
+    assert ready.get(timeout=60) is True
+    s = store(tmp_path, wait_s=60.0, stale_s=300.0)
+    assert not s.claim(1, 0)  # a live owner's claim is respected
+    threading.Timer(0.5, owner.kill).start()
+    provider = TeacherOutputs(TeacherStore(s.settings, "stream"), torch.device("cpu"))
+    provider.start_epoch(1)
+    start = time.monotonic()
+    got = provider.outputs(torch.zeros(1), lambda _: outputs(0))  # waits on the claim until the owner dies
+    assert time.monotonic() - start < 10.0
+    assert torch.equal(got[0], outputs(0)[0]) and provider.counts == {"hits": 0, "computed": 1, "waited": 1}
+    owner.join(timeout=30)
+    assert provider.store.claim(1, 1)  # the dead owner's other claim: taken over without waiting
+    provider.store.release(1, 1)
+    assert torch.equal(provider.store.read(1, 0, fingerprint(torch.zeros(1)))[0], outputs(0)[0])  # and published
+    assert not provider.store.path(1, 0, ".claim").exists()
+    assert provider._waits_pay  # a dead owner is no reason to stop waiting on live ones

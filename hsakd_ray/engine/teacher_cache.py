@@ -8,11 +8,13 @@ every read: a trial whose batch differs (another stream, a changed augmentation)
 can never hand a trial outputs it would not have computed itself.
 
 Writes are atomic (temp file + ``os.replace``). Before computing a missing batch a trial takes a claim
-(``O_CREAT | O_EXCL``); a trial finding a claim waits for the file (bounded), then computes itself. A claim older
-than ``stale_s`` (its owner was stopped or killed) is taken over. A byte budget bounds the store: when full, later
-batches are not stored (the first epochs are kept, since every trial of a sweep starts at epoch 1 and ASHA stops most
-trials early, so early epochs are the ones most trials read). The store never fails a trial: when it is unwritable,
-full or a file is corrupt, the trial computes, and says so once.
+(``O_CREAT | O_EXCL``) naming its host and process; a trial finding a claim waits for the file (bounded), then
+computes itself. A claim whose owner is gone is taken over: at once when the owner ran on this host and its process
+has exited (a trial ASHA stopped or PBT restarted mid-batch), else when it is older than ``stale_s``.
+A byte budget bounds the store: when full, later batches are not stored (the first epochs are kept, since every
+trial of a sweep starts at epoch 1 and ASHA stops most trials early, so early epochs are the ones most trials read).
+The store never fails a trial: when it is unwritable, full or a file is corrupt, the trial computes, and says so
+once.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +37,27 @@ from ..distill.methods import method_spec
 
 Outputs = tuple[torch.Tensor, list[torch.Tensor]]  # (final logits, each head's logits)
 logger = logging.getLogger("hsakd_ray.teacher_cache")
+HOST = socket.gethostname()
+
+
+def _owner_gone(claim: Path) -> bool:
+    """True when ``claim`` names a process of this host that no longer runs (unknown owners count as alive)."""
+    try:
+        host, pid = claim.read_text().split()
+    except (OSError, ValueError):
+        return False  # gone already, or being written: not known to be dead
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists (another user's process)
+    try:  # exited but not yet reaped by its parent (a zombie) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @dataclass
@@ -120,14 +144,18 @@ class TeacherStore:
         for _ in range(2):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                try:
+                    os.write(fd, f"{HOST} {os.getpid()}".encode())
+                finally:
+                    os.close(fd)
                 return True
             except FileExistsError:
                 try:
                     age = time.time() - path.stat().st_mtime
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
-                if age < self.settings.stale_s:
+                if age < self.settings.stale_s and not _owner_gone(path):
                     return False
                 path.unlink(missing_ok=True)  # its owner stopped: take it over
             except OSError as exc:
@@ -141,19 +169,24 @@ class TeacherStore:
         except OSError:
             pass
 
-    def wait_for(self, epoch: int, step: int, fp: str, timeout: float) -> Outputs | None:
-        """Poll for a claimed batch's file until it appears, its claim goes away, or ``timeout`` seconds pass."""
-        deadline, pause = time.monotonic() + timeout, 0.002
+    def wait_for(self, epoch: int, step: int, fp: str, timeout: float) -> Outputs | bool:
+        """Poll for a claimed batch's file until it appears (the outputs), its claim goes away or ``timeout`` seconds
+        pass (False), or its owner's process is found gone (True: claim it again, do not give up waiting)."""
+        deadline, pause, checked = time.monotonic() + timeout, 0.002, time.monotonic()
         claim = self.path(epoch, step, ".claim")
         while time.monotonic() < deadline:
             found = self.read(epoch, step, fp)
             if found is not None:
                 return found
             if not claim.exists():
-                return self.read(epoch, step, fp)
+                return self.read(epoch, step, fp) or False
+            if time.monotonic() - checked > 0.2:
+                checked = time.monotonic()
+                if _owner_gone(claim):
+                    return True
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
-        return None
+        return False
 
     def used_bytes(self) -> int:
         """Bytes of stored outputs under the store's root (every stream: the budget is the sweep's)."""
@@ -240,10 +273,14 @@ class TeacherOutputs:
                 self.counts["waited"] += 1
                 timeout = store.settings.wait_s if self._compute_s is None else min(
                     store.settings.wait_s, 4 * self._compute_s + 1.0)
-                found = store.wait_for(self.epoch, step, fp, timeout)
-                # a claim that ended without a file: its owner stopped or stores no more (budget); waiting again
-                # would double this trial's time, so it computes unclaimed until the next epoch
-                self._waits_pay = found is not None
+                waited = store.wait_for(self.epoch, step, fp, timeout)
+                found = None if isinstance(waited, bool) else waited
+                if waited is True:  # its owner was stopped mid-batch: compute it here, under this trial's claim
+                    claimed = store.claim(self.epoch, step)
+                else:
+                    # a claim that ended without a file: its owner stores no more (budget) or hangs; waiting again
+                    # would double this trial's time, so it computes unclaimed until the next epoch
+                    self._waits_pay = found is not None
         if found is not None:
             if claimed:
                 store.release(self.epoch, step)
