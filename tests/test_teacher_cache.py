@@ -300,3 +300,48 @@ def test_a_killed_trials_claims_are_taken_over_at_once(tmp_path):
     assert torch.equal(provider.store.read(1, 0, fingerprint(torch.zeros(1)))[0], outputs(0)[0])  # and published
     assert not provider.store.path(1, 0, ".claim").exists()
     assert provider._waits_pay  # a dead owner is no reason to stop waiting on live ones
+
+
+# ---------------------------------------------------------------- what MLflow says, across --resume
+
+def test_after_resume_the_sweeps_sharing_summary_counts_trials_reported_before_the_kill(tmp_path):
+    """A killed driver never writes the summary; the resumed one sees only the trials it runs. The summary and each
+    trial's tag still count every epoch its MLflow run holds (real sqlite store, no Ray)."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from hsakd_ray.tracking import runs as R
+    from hsakd_ray.tune.mlflow_logger import TRIAL_TAG, MLflowTrialLogger
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("s")
+    parent = client.create_run(experiment_id, run_name="sweep").info.run_id
+    space = load_space(space_file(tmp_path))
+
+    def trial(trial_id: str) -> Trial:
+        return Trial("run_trial", config={"params": {"distill.temperature": 2.0}}, trial_id=trial_id, stub=True)
+
+    def report(logger: MLflowTrialLogger, t: Trial, epoch: int, hits: float) -> None:
+        logger.on_trial_result(0, [], t, {"epoch": epoch, "val/top1": 50.0, "config": t.config,
+                                          "teacher_cache/hits": hits, "teacher_cache/computed": 4.0 - hits})
+
+    computed, reader = trial("t_00000"), trial("t_00001")
+    first = MLflowTrialLogger(client.tracking_uri, experiment_id, parent, space, str(tmp_path / "trials"))
+    for epoch in (1, 2):
+        report(first, computed, epoch, 0.0)
+    first.on_trial_complete(0, [], computed)
+    report(first, reader, 1, 4.0)  # then the driver is killed: no on_experiment_end
+
+    resumed = MLflowTrialLogger(client.tracking_uri, experiment_id, parent, space, str(tmp_path / "trials"))
+    resumed.on_trial_start(0, [], reader)
+    report(resumed, reader, 2, 2.0)
+    resumed.on_trial_complete(0, [], reader)
+    resumed.on_experiment_end([])
+
+    tags = client.get_run(parent).data.tags
+    assert tags["teacher_cache.summary"] == "1 of 2 trials read shared teacher outputs; 6 of 16 steps"
+    assert client.get_run(parent).data.metrics["teacher_cache/hit_fraction"] == pytest.approx(6 / 16)
+    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([experiment_id], f"tags.`{R.PARENT_TAG}` = "
+                                                                                   f"'{parent}'")}
+    assert runs["t_00001"].data.tags["teacher_cache.hit_fraction"] == "0.750"  # both epochs, not only the last
+    assert runs["t_00000"].data.tags["teacher_cache.shared"] == "computed"

@@ -15,7 +15,7 @@ from ray.tune import Callback
 from ..config import config_to_dict, flatten
 from ..tracking import runs as R
 from ..tracking.epoch_logger import FAST_PATH_TAGS, backfill_epochs
-from .sharing import SharingTally
+from .sharing import SharingTally, logged_sharing
 from .space import SearchSpace, trial_config
 
 EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
@@ -55,6 +55,7 @@ class MLflowTrialLogger(Callback):
             train_run = Path(self.train_storage) / trial.trial_id
             if train_run.is_dir():  # epochs its checkpoint made durable while the driver was down
                 backfill_epochs(self.client, run_id, str(train_run))
+            self.sharing.seed(trial.trial_id, logged_sharing(self.client, run_id))
         else:
             run_id = self._create(trial)
         self.run_ids[trial.trial_id] = run_id
@@ -112,7 +113,13 @@ class MLflowTrialLogger(Callback):
             self.client.set_tag(run_id, "teacher_cache.shared", "read" if hits else "computed")
 
     def on_experiment_end(self, trials, **info) -> None:
-        """The sweep's sharing on the parent run and in the log: which trials read shared outputs, how much."""
+        """The sweep's sharing on the parent run and in the log: which trials read shared outputs, how much (trials
+        that ended before a ``--resume`` counted from their MLflow runs)."""
+        filter_ = f"tags.`{R.PARENT_TAG}` = '{self.parent}' and tags.`{R.KIND_TAG}` = 'trial'"
+        for run in self.client.search_runs([self.experiment_id], filter_string=filter_, max_results=10000):
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id and trial_id not in self.sharing.trials and "teacher_cache/hits" in run.data.metrics:
+                self.sharing.seed(trial_id, logged_sharing(self.client, run.info.run_id))
         readers, reporting, hits, steps = self.sharing.summary()
         if not steps:
             return

@@ -11,6 +11,8 @@ from ..engine.teacher_cache import StoreSettings
 from ..train.ray_session import is_remote_storage
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from .space import SearchSpace, TuneSpec
 
 SHARE_VALUES = ("auto", True, False)
@@ -50,11 +52,26 @@ def sharing_settings(space: SearchSpace, storage: str) -> dict | None:
     return vars(settings)
 
 
+def logged_sharing(client: MlflowClient, run_id: str) -> dict[int, tuple[float, float]]:
+    """Per epoch, (steps read from the store, steps) as a trial's MLflow run holds them: what a resumed driver knows
+    of the epochs its trials reported before it started."""
+    hits = {m.step: m.value for m in client.get_metric_history(run_id, "teacher_cache/hits")}
+    computed = {m.step: m.value for m in client.get_metric_history(run_id, "teacher_cache/computed")}
+    return {epoch: (h, h + computed[epoch]) for epoch, h in hits.items() if epoch in computed}
+
+
 class SharingTally:
     """Per trial: steps whose teacher outputs it read from the store, of all its steps (epochs counted once)."""
 
     def __init__(self) -> None:
         self.trials: dict[str, dict[int, tuple[float, float]]] = {}
+
+    def seed(self, trial_id: str, epochs: dict[int, tuple[float, float]]) -> None:
+        """Epochs reported before this driver started (``logged_sharing``); results seen here take precedence."""
+        if epochs:
+            mine = self.trials.setdefault(trial_id, {})
+            for epoch, value in epochs.items():
+                mine.setdefault(epoch, value)
 
     def add(self, trial_id: str, result: dict) -> None:
         if "teacher_cache/hits" in result and "epoch" in result:
