@@ -87,6 +87,7 @@ def test_quickstart_end_to_end(tmp_path):
             assert child.info.status == "FINISHED" and len(steps) == epochs
         assert {"student.aux_stages", "distill.temperature"} <= set(child.data.tags["hsakd.searched_keys"].split(","))
         assert "search.distill.temperature" in child.data.params
+    assert_shared_teacher(client, log, parent, children, concurrent=most)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "trials.csv", "metric_vs_params.png", "metric_by_placement.png",
             "learning_curves.png"} <= artifacts
@@ -101,6 +102,30 @@ def test_quickstart_end_to_end(tmp_path):
         assert len(list(csv.DictReader(f))) == len(children)
     assert "Top trials by val/top1" in log and "best config:" in log
     assert not wait_for_no_processes(exclude=server_pids()), "the experiment left processes behind"
+
+
+def hit_fractions(client: MlflowClient, run) -> dict[int, float]:
+    """Per epoch, the share of the trial's teacher outputs read from the sweep's store (tune.share_teacher)."""
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "teacher_cache/hit_fraction")}
+
+
+def assert_shared_teacher(client: MlflowClient, log: str, parent, children: list, concurrent: int) -> None:
+    """``tune.share_teacher: auto`` shared the teacher's outputs: every trial reports its share per epoch and is
+    tagged; all but the trials that started together read outputs another trial computed (one stream: the searched
+    keys never change the batches); the parent's summary counts every trial."""
+    assert "teacher outputs: shared by the trials" in log and "teacher outputs shared:" in log
+    readers = 0
+    for child in children:
+        epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val/top1")]
+        assert sorted(hit_fractions(client, child)) == epochs
+        tag = float(child.data.tags["teacher_cache.hit_fraction"])
+        assert child.data.tags["teacher_cache.shared"] == ("read" if tag > 0 else "computed")
+        readers += tag > 0
+    print(f"teacher outputs read by {readers} of {len(children)} trials; parent: "
+          f"{parent.data.tags['teacher_cache.summary']}")
+    assert readers >= len(children) - max(concurrent, 1)
+    assert parent.data.tags["teacher_cache.summary"].startswith(f"{readers} of {len(children)} trials read")
+    assert parent.data.metrics["teacher_cache/hit_fraction"] > 0
 
 
 def best_top1(client: MlflowClient, run) -> float:
@@ -216,6 +241,17 @@ def test_resume_after_killed_driver(tmp_path):
     print(f"killed after epochs {logged_at_kill} in MLflow, checkpoint of epoch {checkpoint_epoch}; "
           f"reported after --resume: {after}")
     assert after == list(range(checkpoint_epoch + 1, 4)), after
+    # shared teacher outputs survive the kill: the first trial computed every batch into the store (in the
+    # experiment's storage); the cut trial read every batch, after --resume too, and none was computed again
+    fractions = {c.data.tags["hsakd.trial_id"]: hit_fractions(client, c) for c in children}
+    print(f"teacher outputs read per epoch: {fractions}")
+    (first_id,) = finished_before
+    assert fractions == {first_id: {1: 0.0, 2: 0.0, 3: 0.0}, cut_id: {1: 1.0, 2: 1.0, 3: 1.0}}
+    stored = list((tmp_path / "ray_results" / "resume-teacher-outputs").rglob("*.pt"))
+    assert stored and max(f.stat().st_mtime for f in stored) < killed_at  # every file from before the kill
+    assert "teacher outputs: shared by the trials" in log2
+    assert parent.data.tags["teacher_cache.summary"].startswith("1 of 2 trials read")  # both, across the kill
+    assert parent.data.metrics["teacher_cache/hit_fraction"] == pytest.approx(0.5)
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
     # a second call on the finished experiment trains no teacher again: both are reused, best_config is unchanged
@@ -296,11 +332,39 @@ def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp
     print(f"exploit at epoch {exploit}: lagging {top1[lagging]}, donor {top1[donor]}")
     assert top1[lagging][exploit] > top1[lagging][exploit - 1] + 20
     assert top1[lagging][exploit] > top1[donor][exploit - 1] - 25
+    # shared teacher outputs (lr is no part of the stream): the restored trial read outputs of the epoch it
+    # continued at, which the donor computed while the restored Train run started
+    fractions = {t: hit_fractions(client, c) for c in children for t in [c.data.tags["hsakd.trial_id"]]}
+    print(f"teacher outputs read per epoch: {fractions}")
+    assert all(sorted(f) == [1, 2, 3, 4] for f in fractions.values())
+    assert fractions[lagging][exploit] > 0
+    assert "teacher outputs: shared by the trials" in (tmp_path / "log.txt").read_text()
+    assert runs["tune"][0].data.tags["teacher_cache.summary"].startswith(
+        f"{sum(any(f.values()) for f in fractions.values())} of 2 trials read")
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 
-def student_only_space(tmp_path: Path, name: str, search: dict, **tune_keys) -> Path:
-    """A sweep of CE-only students (no teacher to train): the quickest real sweep, 1-CPU trials one at a time."""
+def untrained_teacher(tmp_path: Path, arch: str = "resnet8") -> str:
+    """A teacher checkpoint of an untrained network, written without a Ray run: for sweeps whose point is the
+    scheduling and the shared teacher outputs (its outputs, not its accuracy, matter there)."""
+    import torch
+
+    from hsakd_ray.config import config_from_dict, dump_config
+    from hsakd_ray.engine import write_checkpoint
+    from hsakd_ray.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(arch, 10, "all")
+    meta = {"kind": "teacher", "arch": arch, "num_classes": 10, "aux_stages": list(net.aux_stages), "epoch": 0,
+            "metrics": {}, "dataset": "digits"}
+    cfg = config_from_dict({"data": {"name": "digits", "image_size": 16}, "teacher": {"arch": arch}})
+    write_checkpoint(tmp_path / "teacher", model_state=net.state_dict(), meta=meta, config_yaml=dump_config(cfg))
+    return str(tmp_path / "teacher")
+
+
+def student_only_space(tmp_path: Path, name: str, search: dict, teacher: str | None = None, **tune_keys) -> Path:
+    """A sweep of CE-only students (no teacher to train): the quickest real sweep, 1-CPU trials one at a time. With
+    ``teacher`` (a checkpoint) the students distil from it (kd), and the trials share its outputs."""
     raw = {
         "base": {"data": {"name": "digits", "image_size": 16, "val_fraction": 0.1},
                  "student": {"arch": "resnet8", "aux_stages": []}, "distill": {"method": "ce"},
@@ -311,6 +375,10 @@ def student_only_space(tmp_path: Path, name: str, search: dict, **tune_keys) -> 
         "tune": {"name": name, "max_concurrent_trials": 1, "resources": {"num_workers": 1, "cpus_per_worker": 1},
                  **tune_keys},
     }
+    if teacher is not None:
+        raw["base"]["distill"]["method"] = "kd"
+        raw["base"]["teacher"] = {"arch": "resnet8"}
+        raw["teacher"] = {"checkpoint": teacher}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -321,8 +389,8 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
     measured: the first trial's val/top1 is 14.5 after epoch 1, 63.4 after epoch 2) it scores below the first trial's
     value there, so ASHA stops it: KILLED with ``stopped_by``, two of three epochs logged. The experiment's best
     trial is the first one, and best_config.yaml carries its learning rate."""
-    space = student_only_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, search_alg="grid",
-                               scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    space = student_only_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, untrained_teacher(tmp_path),
+                               search_alg="grid", scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
     raw = yaml.safe_load(space.read_text())
     raw["base"]["train"]["epochs"] = 3
     space.write_text(yaml.safe_dump(raw))
@@ -343,6 +411,12 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
     best = yaml.safe_load((tmp_path / "ray_results" / "asha" / "results" / "best_config.yaml").read_text())
     assert_holds_sampled_values(best, fast)
     assert best["optim"]["lr"] == 0.1
+    # shared teacher outputs: the trial ASHA stopped read every batch the first trial computed
+    print("val/top1:", {lr: sorted((m.step, m.value) for m in client.get_metric_history(t.info.run_id, "val/top1"))
+                        for lr, t in trials.items()})
+    assert hit_fractions(client, fast) == {1: 0.0, 2: 0.0, 3: 0.0}
+    assert hit_fractions(client, slow) == {1: 1.0, 2: 1.0} and slow.data.tags["teacher_cache.shared"] == "read"
+    assert parent.data.tags["teacher_cache.summary"].startswith("1 of 2 trials read")
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 
@@ -373,7 +447,7 @@ def test_optuna_search_end_to_end(tmp_path):
     pytest.importorskip("optuna")
     space = student_only_space(tmp_path, "optuna", {"optim.lr": {"loguniform": [0.01, 0.2]},
                                                     "distill.temperature": {"quniform": [1.0, 4.0, 0.5]}},
-                               search_alg="optuna", num_samples=2)
+                               untrained_teacher(tmp_path), search_alg="optuna", num_samples=2)
     raw = yaml.safe_load(space.read_text())
     raw["base"]["train"]["epochs"] = 1
     space.write_text(yaml.safe_dump(raw))
@@ -391,6 +465,9 @@ def test_optuna_search_end_to_end(tmp_path):
     assert all(t in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) for t in temperatures)
     for child in runs["trial"]:  # the sampled value is the one the trial trained with
         assert child.data.params["optim.lr"] == child.data.params["search.optim.lr"]
+    # shared teacher outputs (kd from one teacher): the second trial read the first one's
+    assert sorted(hit_fractions(client, c)[1] for c in runs["trial"]) == [0.0, 1.0]
+    assert parent.data.tags["teacher_cache.summary"].startswith("1 of 2 trials read")
     exp_path = tmp_path / "ray_results" / "optuna"  # Tune saved a Searcher's state, not the random generator's
     assert list(exp_path.glob("searcher-state-*.pkl")) and not list(exp_path.glob("basic-variant-state-*"))
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
@@ -457,4 +534,10 @@ def test_ctrl_c_marks_the_sweep_killed_and_resume_from_a_relative_path_finishes_
     for run in [*runs["tune"], *runs["teacher"], *runs["trial"]]:
         for key, steps in steps_of_every_metric(client, run).items():
             assert len(steps) == len(set(steps)), f"{run.info.run_name}: {key} logged twice at a step: {steps}"
+    # shared teacher outputs across the interrupt: the trial that had not started read every batch of every epoch,
+    # and the parent's summary counts both trials
+    fractions = [hit_fractions(client, c) for c in runs["trial"]]
+    print(f"teacher outputs read per epoch: {fractions}")
+    assert {e: 1.0 for e in range(1, epochs + 1)} in fractions
+    assert re.match(r"[12] of 2 trials read", client.get_run(parent.info.run_id).data.tags["teacher_cache.summary"])
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
