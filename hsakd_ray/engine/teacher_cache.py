@@ -248,16 +248,21 @@ class TeacherOutputs:
         self.store, self.device, self.heads = store, device, heads
         self.epoch, self.step = 0, 0
         self.counts = {"hits": 0, "computed": 0, "waited": 0}
+        self.seconds = {"store": 0.0, "wait": 0.0}  # this epoch's cost of sharing: hashing, file I/O; waiting
         self.totals = {"hits": 0, "steps": 0}
         self._compute_s: float | None = None
         self._waits_pay = True
+        self._spent = 0.0  # seconds of the current call spent computing or waiting (not sharing overhead)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.step, self._waits_pay = epoch, 0, True
         self.counts = dict.fromkeys(self.counts, 0)
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
 
     def outputs(self, inputs: torch.Tensor, compute: Callable[[torch.Tensor], Outputs]) -> Outputs:
+        start, self._spent = time.perf_counter(), 0.0
         logits, aux = self._outputs(inputs, compute)
+        self.seconds["store"] += time.perf_counter() - start - self._spent
         return logits, aux if self.heads is None else [aux[i] for i in self.heads]
 
     def _outputs(self, inputs: torch.Tensor, compute: Callable[[torch.Tensor], Outputs]) -> Outputs:
@@ -273,7 +278,10 @@ class TeacherOutputs:
                 self.counts["waited"] += 1
                 timeout = store.settings.wait_s if self._compute_s is None else min(
                     store.settings.wait_s, 4 * self._compute_s + 1.0)
+                began = time.perf_counter()
                 waited = store.wait_for(self.epoch, step, fp, timeout)
+                self._spent += time.perf_counter() - began
+                self.seconds["wait"] += time.perf_counter() - began
                 found = None if isinstance(waited, bool) else waited
                 if waited is True:  # its owner was stopped mid-batch: compute it here, under this trial's claim
                     claimed = store.claim(self.epoch, step)
@@ -290,6 +298,7 @@ class TeacherOutputs:
         start = time.perf_counter()
         out = compute(inputs)
         took = time.perf_counter() - start
+        self._spent += took
         self._compute_s = took if self._compute_s is None else 0.8 * self._compute_s + 0.2 * took
         self.counts["computed"] += 1
         try:
@@ -300,14 +309,16 @@ class TeacherOutputs:
         return out
 
     def epoch_metrics(self) -> dict[str, float]:
-        """This epoch's share of steps read from the store (``teacher_cache/hit_fraction``) and running totals."""
+        """This epoch's share of steps read from the store (``teacher_cache/hit_fraction``), running totals, and the
+        seconds sharing cost: hashing rows, reading and writing files (``store_seconds``), waiting on claims."""
         c = self.counts
         steps = c["hits"] + c["computed"]
         self.totals["hits"] += c["hits"]
         self.totals["steps"] += steps
         return {"teacher_cache/hit_fraction": c["hits"] / steps if steps else 0.0,
                 "teacher_cache/hits": float(c["hits"]), "teacher_cache/computed": float(c["computed"]),
-                "teacher_cache/waited": float(c["waited"]),
+                "teacher_cache/waited": float(c["waited"]), "teacher_cache/store_seconds": self.seconds["store"],
+                "teacher_cache/wait_seconds": self.seconds["wait"],
                 "teacher_cache/hits_total": float(self.totals["hits"]),
                 "teacher_cache/steps_total": float(self.totals["steps"])}
 
