@@ -9,15 +9,17 @@ start-up (~20 s per worker group, README Performance) is left out: it is the sam
 
 Each trial process's CPU time is split at the start of its first training epoch: start-up (interpreter, imports,
 dataset, models, the step's set-up) is a fixed cost per trial that sharing cannot remove, training (every epoch's
-steps, evaluation, reporting) is what it shares. Both are printed; the default workload (40 steps per trial) keeps
-start-up under a tenth of a trial, so the sweep's cost is mostly training, as in a real sweep.
+steps, evaluation, reporting) is what it shares. Both are printed; the default workload (24 steps of 32 images per
+trial, ~6 minutes for both sweeps on 2 quiet cores) keeps start-up near 5 % of a trial, so the sweep's cost is mostly
+training, as in a real sweep. The teacher forward's share of a step is measured first (``teacher_share``): it gives
+the best ratio sharing can reach, 1 - share + share / trials.
 
 Printed per sweep: wall seconds, CPU-seconds of the trial processes (start-up and training), the share of teacher
 forwards read from the store and the seconds sharing itself cost the trials (hashing rows, file I/O; waiting on
 another trial's claim is wall time, not CPU). The last line is ``ratio: R`` = median over repetitions of (the
 sweep's CPU-seconds with sharing / without), start-up included.
 
-    python benchmarks/shared_teacher.py                 # 8 trials of wrn_40_2 -> wrn_16_2, 2 side by side (~8 min)
+    python benchmarks/shared_teacher.py                 # 8 trials of resnet32x4 -> resnet8x4, 2 side by side
     python benchmarks/shared_teacher.py --quick         # smoke test (~1 min)
 """
 from __future__ import annotations
@@ -93,6 +95,50 @@ def _raw(teacher: str, student: str, ckpt: str | None, images: int, epochs: int,
     return raw
 
 
+def teacher_share(args) -> tuple[float, str]:
+    """The teacher forward's share of one training step's CPU time (1 thread, the precision ``auto`` picks here, a
+    rotated batch of ``args.batch`` images), measured on random weights: what sharing can save at most."""
+    import torch
+
+    from hsakd_ray import distill as D
+    from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
+    from hsakd_ray.models import build_model
+
+    precision = resolve_precision("auto", "cpu", cpu_flags()).value
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    teacher = build_model(args.teacher, 10, "all").eval().requires_grad_(False)
+    student = build_model(args.student, 10, "all").train()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    rows = D.rotate_batch(x, y)[0]
+    autocast = {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": precision == "bf16"}
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(**autocast):
+            logits, aux = teacher(rows)
+        return logits.clone(), [q.clone() for q in aux]
+
+    def step(t_logits, t_aux):
+        with torch.autocast(**autocast):
+            s_logits, s_aux = student(rows)
+            n = min(len(s_aux), len(t_aux))
+            loss = D.student_loss(s_logits, s_aux[:n], t_logits, t_aux[:n], y)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(*forward())  # warm-up: kernels, allocator
+    t_cpu = s_cpu = 0.0
+    for _ in range(3):
+        a = time.process_time()
+        out = forward()
+        b = time.process_time()
+        step(*out)
+        t_cpu, s_cpu = t_cpu + b - a, s_cpu + time.process_time() - b
+    return t_cpu / (t_cpu + s_cpu), precision
+
+
 def sweep(args, ckpt: str, store_root: str | None) -> dict:
     """Run every trial, ``args.parallel`` at a time; returns wall and CPU seconds and the hit fraction."""
     trials = [{"temperature": 2.0 + i % 4, "alpha": 0.5 + 0.25 * (i % 3), "lr": 0.02 * (1 + i % 2)}
@@ -139,11 +185,11 @@ def sweep(args, ckpt: str, store_root: str | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default="wrn_40_2")
-    ap.add_argument("--student", default="wrn_16_2")
+    ap.add_argument("--teacher", default="resnet32x4")
+    ap.add_argument("--student", default="resnet8x4")
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--images", type=int, default=640, help="training images per trial epoch")
+    ap.add_argument("--images", type=int, default=384, help="training images per trial epoch")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="off/on pairs, interleaved")
@@ -155,6 +201,10 @@ def main() -> None:
     print(f"sweep: {args.trials} trials of {args.teacher} -> {args.student}, {args.parallel} side by side, "
           f"{args.epochs} epochs x {args.images} images ({steps} steps of {args.batch}, 32 px, synthetic), "
           f"1 thread per trial; CPUs here: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    share, precision = teacher_share(args)
+    floor = 1 - share + share / args.trials
+    print(f"teacher forward: {share:.0%} of a training step's CPU ({precision}, 1 thread, {4 * args.batch} rotated "
+          f"rows); so at best, with one trial computing every batch, ratio {floor:.3f}", flush=True)
     ratios, train_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="shared-teacher-") as tmp:
         ckpt = make_teacher(args.teacher, 10, Path(tmp) / "teacher")
