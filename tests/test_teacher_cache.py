@@ -175,6 +175,9 @@ def test_a_stale_claim_is_taken_over_and_a_live_one_waited_for(tmp_path):
     provider.start_epoch(2)
     got = provider.outputs(x, lambda _: pytest.fail("computed although another trial was computing it"))
     assert torch.equal(got[0], outputs(2)[0]) and provider.counts == {"hits": 1, "computed": 0, "waited": 1}
+    metrics = provider.epoch_metrics()  # the wait is reported as such, apart from sharing's own (tiny) cost
+    assert metrics["teacher_cache/wait_seconds"] >= 0.25
+    assert 0 < metrics["teacher_cache/store_seconds"] < metrics["teacher_cache/wait_seconds"]
 
 
 def test_a_full_budget_stops_storing_and_trials_still_get_their_outputs(tmp_path):
