@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from .. import stamps
 from ..config import ConfigError, config_from_dict
 from ..console import verbose
 from ..data.checks import check_data
@@ -193,6 +194,7 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
                             bool(resume))
         with SweepInterrupt() as interrupt:
             try:
+                stamps.stamp("tuner_fit", label=space.name)
                 grid = tuner.fit()
             except KeyboardInterrupt:
                 logger.close_unfinished()

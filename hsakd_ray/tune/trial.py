@@ -17,6 +17,7 @@ from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.queue import Empty, Queue
 
+from .. import stamps
 from ..train.trainer import build_trainer
 from .space import SearchSpace, trial_config
 
@@ -62,9 +63,13 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
               train_storage: str, teacher_store: dict | None = None) -> None:
-    cfg = trial_config(space, config["params"])
     ctx = tune.get_context()
     name = f"{ctx.get_trial_id()}"
+    if stamps.enabled():
+        stamps.set_label(name)
+        stamps.stamp("trial_process", t=stamps.process_started())
+        stamps.stamp("trial_fn")
+    cfg = trial_config(space, config["params"])
     pbt = space.tune.scheduler.type == "pbt"
     donor = tune.get_checkpoint() if pbt else None
     start_from = donor.path if donor is not None else None
@@ -75,6 +80,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
         return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from,
                              teacher_store=teacher_store)
 
+    stamps.stamp("trainer_fit")
     if pbt:
         _fit_reporting_checkpoints(make_trainer)
     else:
