@@ -103,9 +103,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .tune.experiment import run_experiment
+    from .tune.preflight import checked_sweep
 
-    run_experiment(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume, address=args.address)
+    sweep = checked_sweep(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume,
+                          address=args.address)
+    from .tune.experiment import run_sweep  # Ray and MLflow load only once the sweep is known to be runnable
+
+    run_sweep(sweep)
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:

@@ -232,3 +232,23 @@ def test_keyboard_interrupt_is_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_models", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err == "hsakd-ray: interrupted\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tracking-uri", "foo://bar"], "unknown scheme 'foo'"),
+    (["--set", "scaling.cpus_per_worker=4096"], "needs 4096 CPUs"),
+])
+def test_tune_refusals_come_before_ray_and_mlflow_are_imported(cwd, extra, message):
+    """`hsakd-ray tune` checks the space, tracking URI, storage and resources first (tune/preflight.py): a refusal
+    imports neither Ray nor MLflow, so it takes the seconds of the checks, not of those imports."""
+    space = str(REPO / "search_spaces" / "quickstart.yaml")
+    if "scaling.cpus_per_worker=4096" in extra:  # the space's own tune.resources ask it
+        raw = yaml.safe_load(Path(space).read_text())
+        raw["tune"]["resources"]["cpus_per_worker"] = 4096
+        space, extra = write(cwd.parent / "big.yaml", raw), []
+    out = subprocess.run([sys.executable, "-c", PROBE, "tune", space, *extra],
+                         cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert out.stdout.strip() == "imported:", out.stdout
+    assert list(cwd.iterdir()) == []

@@ -154,8 +154,21 @@ def test_default_concurrency_counts_each_trial_driver_with_its_worker_group(tmp_
     from hsakd_ray.tune.space import load_space
     from hsakd_ray.tune.trial import default_concurrency
 
-    space = load_space(str(Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"))
+    raw = yaml.safe_load((Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml").read_text())
+    raw["tune"]["resources"]["cpus_per_worker"] = 1
+    (tmp_path / "one_cpu.yaml").write_text(yaml.safe_dump(raw))
+    space = load_space(str(tmp_path / "one_cpu.yaml"))
     assert default_concurrency(space, {"CPU": 2.0}) == 1
     assert default_concurrency(space, {"CPU": 2.2}) == 2
+    quickstart = load_space(str(Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"))
+    assert default_concurrency(quickstart, {"CPU": 2.0}) == 2  # 2 x (0.95 + 0.05): its trials side by side
     pbt = load_space(str(Path(__file__).parent.parent / "search_spaces" / "pbt_digits.yaml"))
     assert default_concurrency(pbt, {"CPU": 2.0}) == 4  # 4 x (0.45 + 0.05): its trials side by side
+
+
+def test_worker_threads_match_the_cpus_a_worker_reserves():
+    """A worker's intra-op threads are its reserved CPUs rounded: 0.95 CPU (a core less a trial driver's share, the
+    quickstart's) is 1 thread, 1.95 is 2, and a fraction below one half still gets a thread."""
+    from hsakd_ray.train.worker import worker_threads
+
+    assert [worker_threads(c) for c in (0.45, 0.95, 1, 1.95, 2, 4)] == [1, 1, 1, 2, 2, 4]

@@ -35,6 +35,12 @@ def materialise_teacher(files: dict[str, bytes] | None, root: str) -> str | None
     return root
 
 
+def worker_threads(cpus_per_worker: float) -> int:
+    """Intra-op threads of a CPU worker: its CPUs, rounded (0.95 CPU, a core less a trial driver's share, is 1
+    thread; 1.95 is 2), at least 1."""
+    return max(1, round(cpus_per_worker))
+
+
 def train_loop_per_worker(config: dict) -> None:
     if stamps.enabled():
         stamps.set_label(ray.train.get_context().get_experiment_name())
@@ -55,7 +61,7 @@ def _train_worker(config: dict, scratch: str) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+        torch.set_num_threads(worker_threads(cfg.scaling.cpus_per_worker))
 
     resume_state = None
     compute = ComputeMeter(cfg.scaling.gpus_per_worker if cfg.scaling.use_gpu else 0.0, world, device)

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import signal
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -14,79 +13,30 @@ from ray import tune
 from .. import stamps
 from ..config import ConfigError, config_from_dict
 from ..console import verbose
-from ..data.checks import check_data
 from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..engine.selection import kept_metric
 from ..tracking import runs as R
-from ..tracking.references import CHECKPOINT_ARTIFACT, check_reference, resolve_checkpoint
-from ..tracking.store import check_tracking_uri, resolve_tracking_uri
+from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
 from ..train.prefetch import prefetch_dataset
-from ..train.preflight import (
-    check_local_resources,
-    check_storage_path,
-    job_description,
-    job_need,
-    resolve_storage_path,
-    worker_group_need,
-)
+from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray
 from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
+from .preflight import TRIAL, Sweep, checked_sweep, trial_need, trial_resources
 from .searchers import build_scheduler, build_search_alg, param_space
 from .sharing import sharing_settings
-from .space import SearchSpace, check_placement, distribution_values, final_config, load_space
-from .trial import default_concurrency, run_trial, trial_resources
-
-TRIAL = "tune.resources: a trial"
+from .space import SearchSpace, check_placement, distribution_values, final_config
+from .trial import default_concurrency, run_trial
 
 
 def tuning_metric(space: SearchSpace) -> str:
     return space.tune.metric or kept_metric(space.base, "distill") or "val/top1"
-
-
-def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:
-    """(per worker, workers, the trial driver's own CPU) of one trial."""
-    r = space.tune.resources
-    return worker_group_need(r.num_workers, r.cpus_per_worker, r.gpus_per_worker), r.num_workers, \
-        trial_resources(space)["cpu"]
-
-
-def experiment_path(space: SearchSpace, storage: str, resume: str | None) -> str:
-    """Where the Tune experiment lives: ``--resume PATH`` (relative paths are taken from the current directory),
-    else ``storage_path/NAME``."""
-    if not resume:
-        return str(Path(storage) / space.name)
-    if urlparse(resume).scheme not in ("", "file"):
-        return resume
-    return str(Path(urlparse(resume).path if resume.startswith("file:") else resume).expanduser().resolve())
-
-
-def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, resume: str | None,
-                     address: str | None) -> None:
-    """Everything about a sweep that can be refused before Ray starts or any run is created."""
-    check_tracking_uri(uri)
-    if resume and not tune.Tuner.can_restore(exp_path):
-        raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
-    if not resume and Path(exp_path).exists():
-        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
-                          "or set tune.name")
-    check_storage_path(storage)
-    per_worker, workers, driver_cpu = trial_need(space)
-    check_local_resources(per_worker, workers, TRIAL, address, extra_cpu=driver_cpu)
-    teacher = space.teacher_config
-    if teacher is not None:
-        check_local_resources(job_need(teacher), teacher.scaling.num_workers, job_description(teacher, "teacher"),
-                              address)
-        check_data(teacher.data, teacher.train.batch_size)
-    if space.teacher_ref:
-        check_reference(space.teacher_ref, uri)
-    check_data(space.base.data, space.base.train.batch_size)
 
 
 def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
@@ -161,12 +111,13 @@ class SweepInterrupt:
 
 def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str | None = None,
                    resume: str | None = None, address: str | None = None) -> dict:
-    space = load_space(space_path, overrides)
-    uri = resolve_tracking_uri(tracking_uri, space.base.tracking.uri)
-    storage = resolve_storage_path(space.base.ray.storage_path)
-    exp_path = experiment_path(space, storage, resume)
-    address = address or space.base.ray.address
-    check_experiment(space, uri, storage, exp_path, resume, address)
+    return run_sweep(checked_sweep(space_path, overrides, tracking_uri, resume, address))
+
+
+def run_sweep(sweep: Sweep) -> dict:
+    """A sweep that passed ``checked_sweep``: start or join Ray, train or resolve the teacher, tune, summarise."""
+    space, space_path, uri, storage = sweep.space, sweep.space_path, sweep.uri, sweep.storage
+    exp_path, resume, address = sweep.exp_path, sweep.resume, sweep.address
     prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts
     init_ray(address)
     check_cluster_paths(storage, uri, address)

@@ -19,6 +19,7 @@ from ray.util.queue import Empty, Queue
 
 from .. import stamps
 from ..train.trainer import build_trainer
+from .preflight import trial_resources
 from .space import SearchSpace, trial_config
 
 
@@ -85,11 +86,6 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
         _fit_reporting_checkpoints(make_trainer)
     else:
         make_trainer([TuneReportCallback()]).fit()
-
-
-def trial_resources(space: SearchSpace) -> dict:
-    """The trial function only drives a Train run: a small CPU share, so Train workers get the cores."""
-    return {"cpu": 0.05}
 
 
 def default_concurrency(space: SearchSpace, resources: dict | None = None) -> int:

@@ -1,0 +1,98 @@
+"""Everything about a sweep that can be refused before Ray or MLflow are imported (seconds of imports a bad space
+file, override or tracking URI should not wait for): the space, the tracking URI, the storage and experiment paths,
+the resources a trial and the teacher job need on this machine, the data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..config import ConfigError
+from ..data.checks import check_data
+from ..tracking.references import check_reference
+from ..tracking.store import check_tracking_uri, resolve_tracking_uri
+from ..train.preflight import (
+    check_local_resources,
+    check_storage_path,
+    job_description,
+    job_need,
+    resolve_storage_path,
+    worker_group_need,
+)
+from .space import SearchSpace, load_space
+
+TRIAL = "tune.resources: a trial"
+DRIVER_CPU = 0.05  # a trial function only drives a Train run: a small CPU share, so Train workers get the cores
+
+
+@dataclass
+class Sweep:
+    """A space that passed every check that needs no cluster, with where its sweep runs and is tracked."""
+
+    space: SearchSpace
+    space_path: str
+    uri: str
+    storage: str
+    exp_path: str
+    resume: str | None
+    address: str | None
+
+
+def trial_resources(space: SearchSpace) -> dict:
+    """What Tune reserves for a trial: its driver's share; its Train workers reserve their own."""
+    return {"cpu": DRIVER_CPU}
+
+
+def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:
+    """(per worker, workers, the trial driver's own CPU) of one trial."""
+    r = space.tune.resources
+    return worker_group_need(r.num_workers, r.cpus_per_worker, r.gpus_per_worker), r.num_workers, \
+        trial_resources(space)["cpu"]
+
+
+def experiment_path(space: SearchSpace, storage: str, resume: str | None) -> str:
+    """Where the Tune experiment lives: ``--resume PATH`` (relative paths are taken from the current directory),
+    else ``storage_path/NAME``."""
+    if not resume:
+        return str(Path(storage) / space.name)
+    if urlparse(resume).scheme not in ("", "file"):
+        return resume
+    return str(Path(urlparse(resume).path if resume.startswith("file:") else resume).expanduser().resolve())
+
+
+def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, resume: str | None,
+                     address: str | None) -> None:
+    """Everything about a sweep that can be refused before Ray starts or any run is created."""
+    check_tracking_uri(uri)
+    if resume:
+        from ray import tune  # only a resume asks Tune whether the experiment is there
+
+        if not tune.Tuner.can_restore(exp_path):
+            raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
+    if not resume and Path(exp_path).exists():
+        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
+                          "or set tune.name")
+    check_storage_path(storage)
+    per_worker, workers, driver_cpu = trial_need(space)
+    check_local_resources(per_worker, workers, TRIAL, address, extra_cpu=driver_cpu)
+    teacher = space.teacher_config
+    if teacher is not None:
+        check_local_resources(job_need(teacher), teacher.scaling.num_workers, job_description(teacher, "teacher"),
+                              address)
+        check_data(teacher.data, teacher.train.batch_size)
+    if space.teacher_ref:
+        check_reference(space.teacher_ref, uri)
+    check_data(space.base.data, space.base.train.batch_size)
+
+
+def checked_sweep(space_path: str, overrides: list[str] = (), tracking_uri: str | None = None,
+                  resume: str | None = None, address: str | None = None) -> Sweep:
+    """Load the space and run ``check_experiment``: a refusal here has imported neither Ray nor MLflow (except for
+    an MLflow reference to check, or a --resume to find)."""
+    space = load_space(space_path, overrides)
+    uri = resolve_tracking_uri(tracking_uri, space.base.tracking.uri)
+    storage = resolve_storage_path(space.base.ray.storage_path)
+    exp_path = experiment_path(space, storage, resume)
+    address = address or space.base.ray.address
+    check_experiment(space, uri, storage, exp_path, resume, address)
+    return Sweep(space, space_path, uri, storage, exp_path, resume, address)
