@@ -88,6 +88,8 @@ def teacher_split(teacher: nn.Module, student: nn.Module, image_size: int, threa
 
     The student's step (forward + backward) is taken as three forwards.
     """
+    if threads < 2:  # nothing to split: skip counting (two traced forwards at every job's start)
+        return None
     device = next(teacher.parameters()).device
     rows = torch.zeros(4, 3, image_size, image_size, device=device)
     return overlap_threads(forward_flops(teacher, rows), 3 * forward_flops(student, rows), threads)

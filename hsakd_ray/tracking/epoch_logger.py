@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from .runs import log_epoch, logged_epochs
+# .runs (MLflow) is imported where used: a Train worker imports this module for write_reported_epochs only
 
 FAILURES_TAG, RESUMED_TAG = "hsakd.worker_failures", "hsakd.resumed_at_epochs"
 BACKFILLED_TAG = "hsakd.backfilled_epochs"
@@ -46,6 +46,8 @@ def write_reported_epochs(checkpoint_dir: str | Path, reported: list[dict]) -> N
 def backfill_epochs(client, run_id: str, ray_run_path: str) -> list[int]:
     """Log the epochs that the Ray run's latest checkpoint made durable but MLflow never received; their numbers."""
     from ray.train import Result
+
+    from .runs import log_epoch, logged_epochs
 
     try:
         result = Result.from_path(ray_run_path)
@@ -80,6 +82,8 @@ class MLflowEpochLogger(UserCallback):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            from .runs import logged_epochs
+
             self._client = MlflowClient(self.tracking_uri)
             self._logged = logged_epochs(self._client, self.run_id)
         return self._client
@@ -102,6 +106,8 @@ class MLflowEpochLogger(UserCallback):
         self._pending[epoch] = (dict(main), int(time.time() * 1000))
         if checkpoint is None:
             return
+        from .runs import log_epoch
+
         for e in sorted(self._pending):
             values, stamp = self._pending.pop(e)
             if e not in self._logged:

@@ -13,7 +13,6 @@ from ..errors import ClusterError, ConfigError
 from ..proc import alive, marked_processes, open_files, start_time, stop_processes
 from ..tracking.store import is_local_store
 from .preflight import is_remote_storage, joins_cluster, shortfall
-from .preload import job_runtime_env
 
 SHARED_MARKER = ".hsakd-shared"  # a file in a local storage_path declaring it shared by every node (NFS, one host)
 DRIVER_MARK = "HSAKD_RAY_DRIVER"  # "<pid>:<start time>" of the driver, inherited by every process its Ray spawns
@@ -125,8 +124,7 @@ def init_ray(address: str | None) -> bool:
         os.environ[DRIVER_MARK] = _driver_id(os.getpid())
     try:
         # -v: Ray's own output back (console.py)
-        ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level(),
-                 runtime_env=job_runtime_env())
+        ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
     except ConnectionError as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
