@@ -1,0 +1,62 @@
+"""Trial start-up (issue 15): the stamps benchmarks/trial_startup.py reads, and work a Train worker no longer does
+before its first step (MLflow imports, a FLOP count with nothing to split)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hsakd_ray import stamps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_stamps_are_written_per_process_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv(stamps.ENV, raising=False)
+    stamps.stamp("nothing")  # off: writes nowhere, raises nothing
+    assert not stamps.enabled()
+    monkeypatch.setenv(stamps.ENV, str(tmp_path))
+    stamps.set_label("trial_1")
+    stamps.stamp("trial_fn")
+    stamps.stamp("tuner_fit", t=123.0, label="sweep")
+    found = stamps.read_stamps(tmp_path)
+    assert [(s["phase"], s["label"], s["pid"]) for s in found] == [("tuner_fit", "sweep", os.getpid()),
+                                                                   ("trial_fn", "trial_1", os.getpid())]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{os.getpid()}.jsonl"]
+    stamps.set_label("")
+
+
+def test_process_start_is_this_process_s():
+    """A child started now reports a start within a second of now (not the boot time or another process's)."""
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "from hsakd_ray.stamps import process_started; "
+                          "print(process_started())"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert before - 0.5 <= float(out.stdout) <= time.time()
+
+
+def test_train_worker_code_imports_no_mlflow():
+    """A Train worker imports its train function's module: MLflow is the driver's and the controller's business."""
+    code = "import sys, hsakd_ray.train.worker; print(sorted({'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_one_thread_skips_the_flop_count(monkeypatch):
+    """With one intra-op thread there is nothing to split between teacher and student: no traced forwards."""
+    from hsakd_ray.engine import fastpath
+    from hsakd_ray.models import build_model
+
+    def counted(*args):
+        raise AssertionError("FLOPs counted for a one-thread worker")
+
+    net = build_model("resnet8", 10, "all")
+    monkeypatch.setattr(fastpath, "forward_flops", counted)
+    assert fastpath.teacher_split(net, net, 16, 1) is None
+    with pytest.raises(AssertionError, match="FLOPs counted"):
+        fastpath.teacher_split(net, net, 16, 2)
