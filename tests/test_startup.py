@@ -60,3 +60,19 @@ def test_one_thread_skips_the_flop_count(monkeypatch):
     assert fastpath.teacher_split(net, net, 16, 1) is None
     with pytest.raises(AssertionError, match="FLOPs counted"):
         fastpath.teacher_split(net, net, 16, 2)
+
+
+def test_local_ray_starts_without_train_preemption_watchers_unless_told(monkeypatch):
+    """A Ray started here is one node that no cloud drains: Train's per-trial preemption watcher (one more process
+    per trial) is switched off through the environment Ray's processes inherit; a value the user set wins."""
+    from hsakd_ray.train import ray_session
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    assert ray_session.local_train_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    assert ray_session.local_train_env() == {}
+    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR, ENV_VARS_TO_PROPAGATE
+
+    # the name Ray reads, and one Train passes on to its controller and workers
+    assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ray_session.LOCAL_TRAIN_ENV
+    assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ENV_VARS_TO_PROPAGATE

@@ -111,6 +111,18 @@ def _claim_session() -> None:
         pass
 
 
+# Ray Train settings for a Ray started here (one node, this machine), inherited by every process it spawns; a value
+# already in the environment wins. Train V2 starts a preemption watcher actor per worker group (one more process per
+# trial, starting while the trial's first steps run) to report nodes that a cloud provider drains: a local node is
+# never drained.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def local_train_env() -> dict[str, str]:
+    """``LOCAL_TRAIN_ENV`` less what the environment already sets."""
+    return {k: v for k, v in LOCAL_TRAIN_ENV.items() if k not in os.environ}
+
+
 def init_ray(address: str | None) -> bool:
     """``None`` starts a local Ray instance; ``auto`` or ``host:port`` joins a running cluster.
 
@@ -122,6 +134,7 @@ def init_ray(address: str | None) -> bool:
     stop_orphaned_ray_processes()
     if not joins_cluster(address):  # only the processes ray.init spawns carry the mark, not later children of ours
         os.environ[DRIVER_MARK] = _driver_id(os.getpid())
+        os.environ.update(local_train_env())
     try:
         # -v: Ray's own output back (console.py)
         ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
