@@ -5,14 +5,26 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import Config, config_to_dict
-from ..engine.selection import kept_metric
-from .worker import train_loop_per_worker
+
+# Imported lazily, so a Tune trial's process (which only builds the trainer) does not import the engine, the
+# models and torchvision, seconds of a trial's start-up: the training code (.worker) where the train function runs,
+# engine.selection where the kept metric is not given.
 
 
-def checkpoint_config(cfg: Config, kind: str) -> CheckpointConfig:
-    """One checkpoint kept besides the latest: the best by ``kept_metric`` when it names a validation metric; else
-    only the latest (the last epoch), so the test set never chooses a checkpoint."""
-    metric = kept_metric(cfg, kind)
+def train_loop_per_worker(config: dict) -> None:
+    """What each Train worker runs (``worker.train_loop_per_worker``), importing the training code there."""
+    from .worker import train_loop_per_worker as run
+
+    run(config)
+
+
+def checkpoint_config(cfg: Config, kind: str, metric: str | None | bool = True) -> CheckpointConfig:
+    """One checkpoint kept besides the latest: the best by ``metric`` (``True``: ``kept_metric(cfg, kind)``) when it
+    names a validation metric; else only the latest (the last epoch), so the test set never chooses a checkpoint."""
+    if metric is True:
+        from ..engine.selection import kept_metric
+
+        metric = kept_metric(cfg, kind)
     if metric is None:
         return CheckpointConfig(num_to_keep=1)
     return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max")
@@ -34,17 +46,18 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 
 def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callbacks: list | None = None,
                   teacher_files: dict[str, bytes] | None = None, start_from: str | None = None,
-                  teacher_store: dict | None = None) -> TorchTrainer:
+                  teacher_store: dict | None = None, kept: str | None | bool = True) -> TorchTrainer:
     """One job = one TorchTrainer named ``name`` under ``storage_path`` (same name again resumes it).
 
     ``start_from``: a checkpoint directory (local or storage URI) the run starts from when it has no checkpoint of its
     own, e.g. a PBT donor's (Train V2 refuses ``resume_from_checkpoint``: the worker loads it, see worker.py).
-    ``teacher_store``: a sweep's shared teacher outputs (engine/teacher_cache.StoreSettings fields), or None."""
+    ``teacher_store``: a sweep's shared teacher outputs (engine/teacher_cache.StoreSettings fields), or None.
+    ``kept``: the metric that chooses the kept checkpoint when the caller knows it (``True``: from ``cfg``)."""
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=STARTUP_RETRIES),
-        checkpoint_config=checkpoint_config(cfg, kind),
+        checkpoint_config=checkpoint_config(cfg, kind, kept),
         callbacks=callbacks or [],
     )
     return TorchTrainer(

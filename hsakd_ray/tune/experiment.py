@@ -28,7 +28,8 @@ from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
-from .preflight import TRIAL, Sweep, checked_sweep, trial_need, trial_resources
+from .preflight import TRIAL, Sweep, checked_sweep, trial_need
+from .resources import trial_resources
 from .searchers import build_scheduler, build_search_alg, param_space
 from .sharing import sharing_settings
 from .space import SearchSpace, check_placement, distribution_values, final_config
@@ -159,13 +160,21 @@ def run_sweep(sweep: Sweep) -> dict:
                          mode)
 
 
+def trials_kept_metric(space: SearchSpace) -> str | None | bool:
+    """The metric choosing every trial's kept checkpoint, worked out here so a trial's process need not import the
+    engine for it; ``True`` (each trial works it out) when a searched key could change it (the data's split)."""
+    if any(key.startswith("data.") for key in space.search):
+        return True
+    return kept_metric(space.base, "distill")
+
+
 def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
                 train_storage: str, logger: MLflowTrialLogger, metric: str, mode: str, resume: bool) -> tune.Tuner:
     """The Tuner for a new sweep, or the restored one; every trial gets the shared teacher outputs' settings."""
     teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
-                             teacher_store=teacher_store),
+                             teacher_store=teacher_store, kept=trials_kept_metric(space)),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,

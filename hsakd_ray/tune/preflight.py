@@ -19,10 +19,10 @@ from ..train.preflight import (
     resolve_storage_path,
     worker_group_need,
 )
+from .resources import trial_resources
 from .space import SearchSpace, load_space
 
 TRIAL = "tune.resources: a trial"
-DRIVER_CPU = 0.05  # a trial function only drives a Train run: a small CPU share, so Train workers get the cores
 
 
 @dataclass
@@ -36,11 +36,6 @@ class Sweep:
     exp_path: str
     resume: str | None
     address: str | None
-
-
-def trial_resources(space: SearchSpace) -> dict:
-    """What Tune reserves for a trial: its driver's share; its Train workers reserve their own."""
-    return {"cpu": DRIVER_CPU}
 
 
 def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:

@@ -19,7 +19,7 @@ from ray.util.queue import Empty, Queue
 
 from .. import stamps
 from ..train.trainer import build_trainer
-from .preflight import trial_resources
+from .resources import trial_resources
 from .space import SearchSpace, trial_config
 
 
@@ -63,7 +63,9 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
 
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str, teacher_store: dict | None = None) -> None:
+              train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True) -> None:
+    """One trial: its config from the sampled ``params``, then a TorchTrainer fit. ``kept``: the metric choosing its
+    kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config)."""
     ctx = tune.get_context()
     name = f"{ctx.get_trial_id()}"
     if stamps.enabled():
@@ -79,7 +81,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
 
     def make_trainer(callbacks: list) -> Any:
         return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from,
-                             teacher_store=teacher_store)
+                             teacher_store=teacher_store, kept=kept)
 
     stamps.stamp("trainer_fit")
     if pbt:
