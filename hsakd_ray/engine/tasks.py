@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
 from .fastpath import chunk_rows, forward_in_chunks
 from .step import Outputs, Parts, Precision, TeacherFn, ce_step, hsakd_step, kd_step, mutual_step, teacher_step
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherOutputs
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -52,6 +56,10 @@ class Task:
              precision: Precision = nullcontext) -> Parts:
         """One training step on the batch (engine/step.py); ``teacher`` replaces ``teacher_outputs`` for it."""
         raise NotImplementedError
+
+    def teacher_views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rows the frozen teacher sees in this task's step (computed ahead of the step by the look-ahead)."""
+        return x
 
     def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
         """Networks whose test metrics are reported, by metric prefix ("" is the main one)."""
@@ -109,7 +117,7 @@ class DistillTask(Task):
             logits, aux = forward_in_chunks(self.teacher, x, rows)
         return logits.clone(), [q.clone() for q in aux]  # normal tensors, usable in autograd
 
-    def share_teacher(self, provider) -> None:
+    def share_teacher(self, provider: TeacherOutputs) -> None:
         """Take the teacher's outputs from a sweep's shared store (``teacher_cache.TeacherOutputs``): read when
         another trial computed them, else computed here by ``teacher_forward`` (and published)."""
         compute = self.teacher_forward
@@ -121,6 +129,7 @@ class DistillTask(Task):
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
              precision: Precision = nullcontext) -> Parts:
+        """This method's step (engine/step.py): ``hsakd_step``, ``kd_step`` or ``ce_step``."""
         teacher = self.teacher_outputs if teacher is None else teacher
         if self.method.teacher_heads:
             return hsakd_step(self.model, teacher, optimizer, x, y, self.cfg, precision)
