@@ -175,3 +175,24 @@ def test_look_ahead_refuses_rows_other_than_its_batch(nets):
         x, y = next(stream)
         with pytest.raises(RuntimeError, match="other rows"):
             ahead(task.teacher_views(x + 1, y))
+
+
+def test_look_ahead_epochs_share_a_stores_teacher_outputs_exactly(nets, tmp_path):
+    """The shared store is one more teacher source under the look-ahead: a second trial reads every batch the first
+    computed and published (on the look-ahead thread, in batch order), and trains exactly as the first did."""
+    from hsakd_ray.engine.teacher_cache import StoreSettings, TeacherOutputs, TeacherStore
+
+    runs = []
+    for _ in range(2):
+        task = hsakd_task(nets)
+        provider = TeacherOutputs(TeacherStore(StoreSettings(root=str(tmp_path)), "stream"), torch.device("cpu"))
+        task.share_teacher(provider)
+        provider.start_epoch(1)
+        optimizer = torch.optim.SGD(task.network.parameters(), lr=0.1, momentum=0.9)
+        metrics = train_epoch(task, optimizer, nets[2], torch.device("cpu"), overlap_threads=(1, 1))
+        runs.append((metrics, provider.epoch_metrics(), [p.detach().clone() for p in task.network.parameters()]))
+    (first, first_cache, first_weights), (second, second_cache, second_weights) = runs
+    assert (first_cache["teacher_cache/hits"], second_cache["teacher_cache/hits"]) == (0.0, 3.0)
+    assert {k: v for k, v in second.items() if k.startswith("train/")} == \
+        {k: v for k, v in first.items() if k.startswith("train/")}
+    assert all(torch.equal(a, b) for a, b in zip(first_weights, second_weights, strict=True))
