@@ -45,7 +45,8 @@ def intra_op_threads(count: int) -> Iterator[None]:
     The count is per thread: with torch's OpenMP backend it is OpenMP's thread-count setting of the calling thread
     (``torch.set_num_threads`` calls ``omp_set_num_threads``, and MKL's thread-local setter), and each thread that
     runs a parallel op gets its own team of that size. So this thread and the teacher's look-ahead thread each keep
-    their own count, set once, and neither changes the other's.
+    their own count, set once, and neither changes the other's. Once per epoch, not per batch: each call also clears
+    oneDNN's cached primitives (ATen's ParallelOpenMP.cpp), shared by both threads.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(count)
