@@ -194,7 +194,7 @@ def test_hsakd_student_pairs_with_the_teacher_heads_at_its_stages(teacher_dir):
     task = build_task("distill", cfg, CLASSES)
     assert task.network.aux_stages == (2, 3) and task.teacher.aux_stages == (2, 3)
     assert not task.teacher.training and not any(p.requires_grad for p in task.teacher.parameters())
-    parts = task.step(*batches(cfg, 1)[0])
+    parts = task.step(*batches(cfg, 1)[0], torch.optim.SGD(task.network.parameters(), lr=0.1))
     assert {k for k in parts if k.startswith("kl_head_")} == {"kl_head_0", "kl_head_1"}
 
 

@@ -188,15 +188,15 @@ def test_teacher_ahead_prepares_later_batches_on_its_own_thread_under_the_steps_
     cfg = config_from_dict({"train": {"precision": "bf16"}})
     task = DistillTask(copy.deepcopy(student), copy.deepcopy(teacher), cfg)
     setup = setup_step(task, cfg, torch.device("cpu"), SIZE)
-    threads, prepare = torch.get_num_threads(), task.prepare
+    threads, teacher_outputs = torch.get_num_threads(), task.teacher_outputs
     seen: list[tuple[str, torch.dtype]] = []
 
-    def recording_prepare(x, y):
-        out = prepare(x, y)
-        seen.append((threading.current_thread().name, out[1].dtype))
+    def recording_teacher(views):
+        out = teacher_outputs(views)
+        seen.append((threading.current_thread().name, out[0].dtype))
         return out
 
-    task.prepare = recording_prepare
+    task.teacher_outputs = recording_teacher
     train_epoch(task, setup.optimizer, batches, torch.device("cpu"), setup.channels_last, setup.autocast, (1, 1))
     names = [name for name, _ in seen]
     assert names[0] == threading.main_thread().name  # nothing to overlap the first one with

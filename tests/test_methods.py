@@ -43,10 +43,12 @@ def test_each_method_builds_and_steps_as_its_row_says(name, teacher):
     assert callable(getattr(D, method.loss))
     x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     if method.needs_teacher:
-        inputs, _, t_aux = task.prepare(x, y)
+        inputs = task.teacher_views(x, y)
+        _, t_aux = task.teacher_outputs(inputs)
         assert inputs.shape[0] == (8 if method.rotation else 2)
         assert bool(t_aux) == method.teacher_heads  # the teacher's heads are run only when paired
-    parts = task.step(x, y)
+    params = [p for m in task.trainable_modules() for p in m.parameters()]
+    parts = task.step(x, y, torch.optim.SGD(params, lr=0.1))
     assert torch.isfinite(parts["loss"])
     assert any(k.startswith("kl_head_") for k in parts) == method.teacher_heads
 

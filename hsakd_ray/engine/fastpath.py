@@ -1,5 +1,6 @@
 """The fast path's decisions: precision (``train.precision``), compiling (``train.compile``), CPU threads per worker,
 and whether the frozen teacher runs on its own threads. Each ``resolve_*`` is a pure function of what it is given.
+The choices are applied around the training step (engine/step.py) by ``engine.loop.train_epoch``, once per epoch.
 
 On a CPU the teacher's forward (it needs no gradients) can run for the next batch while the student trains on this
 one, each on its share of the worker's cores (``train.teacher_overlap``). Two independent thread teams need no

@@ -1,11 +1,14 @@
-"""The epoch loops: train (loss parts accumulated on the device, no per-step host sync) and evaluate (exact counts
-over the whole eval set, summed across workers when a process group is up)."""
+"""The epoch loops: train (the fast path set up around the task's steps; loss parts accumulated on the device, no
+per-step host sync) and evaluate (exact counts over the whole eval set, summed across workers when a process group
+is up)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -13,6 +16,7 @@ import torch.distributed as dist
 from .. import distill as D
 from ..models import HSAKDNet
 from .fastpath import forward_in_chunks
+from .step import Outputs, Precision, TeacherFn
 from .tasks import Task
 
 
@@ -34,64 +38,102 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
     return x, y.to(device, non_blocking=True)
 
 
-def _prepared_ahead(task: Task, batches: Iterable, device: torch.device, channels_last: bool,
-                    autocast_dtype: torch.dtype | None, threads: tuple[int, int]) -> Iterator[tuple]:
-    """Yields ``(x, y, task.prepare(x, y))`` with the next batch's ``prepare`` already running on a second thread,
-    so a frozen teacher's forward overlaps the student's step. ``threads``: (that thread's, this thread's) intra-op
-    threads. The first ``prepare`` and the last step, which have nothing to overlap with, run here on all threads."""
-    total = torch.get_num_threads()
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """This thread's intra-op thread count set to ``count`` for the block, and restored after it (also on errors).
 
-    def init_worker() -> None:
-        torch.get_num_threads()  # torch's per-thread lazy init first, so it cannot undo the next line later
-        torch.set_num_threads(threads[0])
-
-    def prepare(x: torch.Tensor, y: torch.Tensor):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return task.prepare(x, y)  # autocast state is per thread: entered here again
-
-    pool = ThreadPoolExecutor(1, initializer=init_worker, thread_name_prefix="teacher-ahead")
+    The count is per thread: with torch's OpenMP backend it is OpenMP's thread-count setting of the calling thread
+    (``torch.set_num_threads`` calls ``omp_set_num_threads``, and MKL's thread-local setter), and each thread that
+    runs a parallel op gets its own team of that size. So this thread and the teacher's look-ahead thread each keep
+    their own count, set once, and neither changes the other's. Once per epoch, not per batch: each call also clears
+    oneDNN's cached primitives (ATen's ParallelOpenMP.cpp), shared by both threads.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        current = None
-        for batch in batches:
-            x, y = to_device(*batch, device, channels_last)
-            if current is None:  # the first batch: nothing to overlap with yet
-                current = (x, y, prepare(x, y))
-                continue
-            ahead = pool.submit(prepare, x, y)
-            torch.set_num_threads(threads[1])
-            yield current
-            current = (x, y, ahead.result())
-        torch.set_num_threads(total)
-        if current is not None:
-            yield current
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(total)
+        torch.set_num_threads(before)
+
+
+class TeacherAhead:
+    """The frozen teacher's outputs computed one batch ahead on a thread of its own (``train.teacher_overlap``), so
+    the teacher's forward on the next batch overlaps the student's step on this one.
+
+    Used as the step's ``teacher``: called with a batch's views, it returns the outputs computed for them while the
+    previous step ran. ``batches`` hands the batches out and starts each next batch's outputs before handing out the
+    current one. ``threads``: the look-ahead thread's intra-op count, set once when it starts. The first batch has
+    nothing to overlap with: its outputs are computed on the calling thread.
+    """
+
+    def __init__(self, teacher: TeacherFn, views: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], threads: int,
+                 precision: Precision) -> None:
+        self.teacher, self.views, self.threads, self.precision = teacher, views, threads, precision
+        self.pending: deque[Future] = deque()
+
+    def __enter__(self) -> TeacherAhead:
+        self.pool = ThreadPoolExecutor(1, initializer=self._start_thread, thread_name_prefix="teacher-ahead")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+    def _start_thread(self) -> None:
+        torch.get_num_threads()  # torch sets a thread up on its first call (with the last count set anywhere):
+        torch.set_num_threads(self.threads)  # done first, so that it cannot undo this count later
+
+    def _outputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Outputs]:
+        views = self.views(x, y)
+        with self.precision():  # autocast is per thread: entered on this one too
+            return views, self.teacher(views)
+
+    def batches(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        stream = iter(batches)
+        current = next(stream, None)
+        if current is None:
+            return
+        first: Future = Future()
+        first.set_result(self._outputs(*current))
+        self.pending.append(first)
+        for ahead in stream:
+            self.pending.append(self.pool.submit(self._outputs, *ahead))
+            yield current
+            current = ahead
+        yield current
+
+    def __call__(self, views: torch.Tensor) -> Outputs:
+        expected, outputs = self.pending.popleft().result()
+        if not (torch.equal(views, expected) or torch.allclose(views, expected, rtol=0, atol=0, equal_nan=True)):
+            raise RuntimeError("the teacher's look-ahead got other rows than the step's views")  # out of order
+        return outputs
 
 
 def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable, device: torch.device,
                 channels_last: bool = False, autocast_dtype: torch.dtype | None = None,
                 overlap_threads: tuple[int, int] | None = None) -> dict[str, float]:
-    """One pass over ``batches``; returns mean loss parts (over all workers), images seen and seconds taken.
+    """One pass over ``batches``, one ``task.step`` each (engine/step.py); returns mean loss parts (over all workers),
+    images seen and seconds taken. No host sync happens inside the loop.
 
-    ``overlap_threads`` (teacher's, student's intra-op threads): run the task's gradient-free part (``prepare``)
-    one batch ahead on its own thread. The step's arithmetic is unchanged; no host sync happens inside the loop.
+    The fast path is set up here, once, around the steps: batches on ``device`` (in ``channels_last``); each forward
+    under ``autocast_dtype``; and with ``overlap_threads`` (the teacher's, the student's intra-op threads), the frozen
+    teacher's outputs one batch ahead on a thread of their own (``TeacherAhead``) with this thread's count set for the
+    epoch. The steps' arithmetic is the same either way.
     """
     task.train()
+    precision = partial(torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    teacher = task.teacher_outputs
+    stream: Iterable = (to_device(x, y, device, channels_last) for x, y in batches)
     totals: dict[str, torch.Tensor] = {}
     steps, images = 0, 0
     start = time.perf_counter()
-    if overlap_threads is not None:
-        stream = _prepared_ahead(task, batches, device, channels_last, autocast_dtype, overlap_threads)
-    else:
-        stream = (to_device(x, y, device, channels_last) + (None,) for x, y in batches)
-    with closing(stream):  # stops the look-ahead thread if a step raises
-        for x, y, prepared in stream:
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                parts = task.step(x, y) if prepared is None else task.step(x, y, prepared)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
+    with ExitStack() as around:
+        if teacher is not None and overlap_threads is not None:
+            around.enter_context(intra_op_threads(overlap_threads[1]))
+            teacher = around.enter_context(TeacherAhead(teacher, task.teacher_views, overlap_threads[0], precision))
+            stream = teacher.batches(stream)
+        for x, y in stream:
+            parts = task.step(x, y, optimizer, teacher, precision)
             for k, v in parts.items():
                 totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
             steps += 1

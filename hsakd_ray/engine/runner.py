@@ -143,7 +143,8 @@ def checkpoint_meta(kind: str, cfg: Config, task: Task, epoch: int, metrics: dic
 
 @dataclass
 class StepSetup:
-    """How ``train_epoch`` runs a task's steps: its optimizer and the fast-path switches resolved for the device."""
+    """How ``train_epoch`` runs a task's steps: its optimizer and the fast-path switches resolved for the device
+    (applied around the steps, engine/loop.py)."""
 
     optimizer: torch.optim.SGD
     channels_last: bool
@@ -213,7 +214,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     task.wrap(rt.wrap)
     provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads)
     if provider is not None:
-        task.provider = provider
+        task.share_teacher(provider)  # the teacher outputs the steps get: shared by the sweep's trials
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     cycle_start = time.perf_counter()

@@ -1,12 +1,13 @@
-"""What one training step computes for each job kind: teacher, distill (hsakd / kd / ce), mutual and probe.
+"""The job kinds: teacher, distill (hsakd / kd / ce), mutual and probe.
 
-A task owns its networks, says which modules train, and turns a batch into a dict of loss parts. Plain PyTorch:
-the Ray worker and the local runner call the same tasks.
+A task owns its networks, says which modules train and what is saved, and runs its kind's step from engine/step.py
+(where each step reads top to bottom). Plain PyTorch: the Ray worker and the local runner call the same tasks.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,10 @@ from ..errors import CheckpointError, ConfigError
 from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
 from .fastpath import chunk_rows, forward_in_chunks
+from .step import Outputs, Parts, Precision, TeacherFn, ce_step, hsakd_step, kd_step, mutual_step, teacher_step
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherOutputs
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -27,10 +32,12 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 class Task:
-    """Base: ``model`` is the network the job produces (possibly DDP-wrapped); ``step`` returns loss parts."""
+    """Base: ``model`` is the network the job produces (possibly DDP-wrapped); ``step`` trains one batch and returns
+    its loss parts. ``teacher_outputs``: the frozen teacher's outputs, for tasks that distil from one (else None)."""
 
     kind = "task"
     model: nn.Module
+    teacher_outputs: TeacherFn | None = None
 
     @property
     def network(self) -> HSAKDNet:
@@ -45,13 +52,14 @@ class Task:
     def train(self) -> None:
         self.model.train()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
+             precision: Precision = nullcontext) -> Parts:
+        """One training step on the batch (engine/step.py); ``teacher`` replaces ``teacher_outputs`` for it."""
         raise NotImplementedError
 
-    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-        """The gradient-free part of ``step`` (a frozen teacher's forward), which may run ahead on another thread
-        and is then passed to ``step(x, y, prepared)``. None: the task has no such part."""
-        return None
+    def teacher_views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rows the frozen teacher sees in this task's step (computed ahead of the step by the look-ahead)."""
+        return x
 
     def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
         """Networks whose test metrics are reported, by metric prefix ("" is the main one)."""
@@ -80,10 +88,9 @@ class TeacherTask(Task):
         if self.frozen:
             self.network.backbone.eval()  # BN statistics of the pretrained backbone stay fixed
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        x_rot, joint = D.rotate_batch(x, y)
-        logits, aux = self.model(x_rot)
-        return D.teacher_loss(logits, aux, y, joint)
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
+             precision: Precision = nullcontext) -> Parts:
+        return teacher_step(self.model, optimizer, x, y, precision)
 
 
 class DistillTask(Task):
@@ -97,9 +104,11 @@ class DistillTask(Task):
         self.inference_mode, self.cpu_chunk_rows = cfg.train.inference_mode, cfg.train.cpu_chunk_rows
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-        self.provider = None  # set by the runner when a sweep shares teacher outputs (teacher_cache.TeacherOutputs)
+        if teacher is not None and self.method.needs_teacher:
+            self.teacher_outputs = self.teacher_forward
 
-    def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def teacher_forward(self, x: torch.Tensor) -> Outputs:
+        """The frozen teacher's forward, under inference mode (else no_grad), in chunks on CPU (``cpu_chunk_rows``)."""
         rows = chunk_rows(self.cpu_chunk_rows, x.device)
         if not self.inference_mode:
             with torch.no_grad():
@@ -108,25 +117,25 @@ class DistillTask(Task):
             logits, aux = forward_in_chunks(self.teacher, x, rows)
         return logits.clone(), [q.clone() for q in aux]  # normal tensors, usable in autograd
 
-    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
-        """(student input, teacher logits, teacher head logits): the rotated batch (``hsakd``) or the batch (``kd``)."""
-        if self.teacher is None or not self.method.needs_teacher:
-            return None
-        inputs = D.rotate_batch(x, y)[0] if self.method.rotation else x
-        if self.provider is not None:
-            return (inputs, *self.provider.outputs(inputs, self.teacher_forward))
-        return (inputs, *self.teacher_forward(inputs))
+    def share_teacher(self, provider: TeacherOutputs) -> None:
+        """Take the teacher's outputs from a sweep's shared store (``teacher_cache.TeacherOutputs``): read when
+        another trial computed them, else computed here by ``teacher_forward`` (and published)."""
+        compute = self.teacher_forward
+        self.teacher_outputs = lambda views: provider.outputs(views, compute)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:
-        c = self.cfg
-        if not self.method.needs_teacher:
-            return D.ce_loss(self.model(x)[0], y)
-        inputs, t_logits, t_aux = prepared if prepared is not None else self.prepare(x, y)
-        s_logits, s_aux = self.model(inputs)
-        if not self.method.teacher_heads:
-            return D.kd_loss(s_logits, t_logits, y, c.temperature, c.beta)
-        return D.student_loss(s_logits, s_aux, t_logits, t_aux, y, temperature=c.temperature, alpha=c.alpha,
-                              beta=c.beta, head_temperature=c.head_temperature, head_weights=c.head_weights)
+    def teacher_views(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rows the teacher sees in this method's step: the 4-rotation batch (``hsakd``) or the batch (``kd``)."""
+        return D.rotate_batch(x, y)[0] if self.method.rotation else x
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
+             precision: Precision = nullcontext) -> Parts:
+        """This method's step (engine/step.py): ``hsakd_step``, ``kd_step`` or ``ce_step``."""
+        teacher = self.teacher_outputs if teacher is None else teacher
+        if self.method.teacher_heads:
+            return hsakd_step(self.model, teacher, optimizer, x, y, self.cfg, precision)
+        if self.method.needs_teacher:
+            return kd_step(self.model, teacher, optimizer, x, y, self.cfg, precision)
+        return ce_step(self.model, optimizer, x, y, precision)
 
 
 class MutualTask(Task):
@@ -147,18 +156,9 @@ class MutualTask(Task):
         self.model.train()
         self.peer.train()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        c = self.cfg
-        x_rot, joint = D.rotate_batch(x, y)
-        s_logits, s_aux = self.model(x_rot)
-        p_logits, p_aux = self.peer(x_rot)
-        kw = dict(temperature=c.temperature, alpha=c.alpha, beta=c.beta, head_temperature=c.head_temperature)
-        own = D.mutual_loss(s_logits, s_aux, p_logits, p_aux, y, joint, **kw)
-        other = D.mutual_loss(p_logits, p_aux, s_logits, s_aux, y, joint, **kw)
-        parts = {f"student_{k}": v for k, v in own.items()}
-        parts.update({f"peer_{k}": v for k, v in other.items()})
-        parts["loss"] = own["loss"] + other["loss"]
-        return parts
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
+             precision: Precision = nullcontext) -> Parts:
+        return mutual_step(self.model, self.peer, optimizer, x, y, self.cfg, precision)
 
     def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
         return {"": self.network, "peer_": _unwrap(self.peer)}
@@ -199,8 +199,9 @@ class ProbeTask(Task):
     def train(self) -> None:
         self.model.eval()  # frozen features: BN keeps its statistics; only the classifier's weights move
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return D.ce_loss(self.model(x)[0], y)
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
+             precision: Precision = nullcontext) -> Parts:
+        return ce_step(self.model, optimizer, x, y, precision)
 
 
 def require_inputs(kind: str, cfg: Config) -> None:
