@@ -215,6 +215,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads)
     if provider is not None:
         task.share_teacher(provider)  # the teacher outputs the steps get: shared by the sweep's trials
+        setup.overlap = None  # most batches are a file read: a look-ahead thread would only take the student's cores
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     cycle_start = time.perf_counter()
