@@ -85,18 +85,19 @@ def _base(teacher: str, student: str, images: int, epochs: int = 1, batch: int =
     return config_from_dict(_raw(teacher, student, None, images, epochs, batch, {}))
 
 
-def _raw(teacher: str, student: str, ckpt: str | None, images: int, epochs: int, batch: int, params: dict) -> dict:
+def _raw(teacher: str, student: str, ckpt: str | None, images: int, epochs: int, batch: int, params: dict,
+         precision: str = "auto") -> dict:
     raw = {"data": {"name": "synthetic", "image_size": 32, "synthetic_train_size": max(images, 1),
                     "synthetic_test_size": 64, "synthetic_classes": 10},
            "teacher": {"arch": teacher, "checkpoint": ckpt}, "student": {"arch": student},
            "optim": {"schedule": "constant", "milestones": [], "lr": params.get("lr", 0.05)},
            "distill": {"temperature": params.get("temperature", 3.0), "alpha": params.get("alpha", 1.0)},
-           "train": {"epochs": epochs, "batch_size": batch, "device": "cpu", "threads": 1}}
+           "train": {"epochs": epochs, "batch_size": batch, "device": "cpu", "threads": 1, "precision": precision}}
     return raw
 
 
 def teacher_share(args) -> tuple[float, str]:
-    """The teacher forward's share of one training step's CPU time (1 thread, the precision ``auto`` picks here, a
+    """The teacher forward's share of one training step's CPU time (1 thread, ``--precision`` as resolved here, a
     rotated batch of ``args.batch`` images), measured on random weights: what sharing can save at most."""
     import torch
 
@@ -104,7 +105,7 @@ def teacher_share(args) -> tuple[float, str]:
     from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
     from hsakd_ray.models import build_model
 
-    precision = resolve_precision("auto", "cpu", cpu_flags()).value
+    precision = resolve_precision(args.precision, "cpu", cpu_flags()).value
     torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = build_model(args.teacher, 10, "all").eval().requires_grad_(False)
@@ -164,7 +165,8 @@ def sweep(args, ckpt: str, store_root: str | None) -> dict:
 
     while pending or running:
         if pending and len(running) < args.parallel:
-            raw = _raw(args.teacher, args.student, ckpt, args.images, args.epochs, args.batch, pending.pop(0))
+            raw = _raw(args.teacher, args.student, ckpt, args.images, args.epochs, args.batch, pending.pop(0),
+                       args.precision)
             running.append(subprocess.Popen([sys.executable, "-c", TRIAL, json.dumps(raw), store], env=env,
                                             stdout=subprocess.PIPE, text=True))
             continue
@@ -193,6 +195,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="off/on pairs, interleaved")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     ap.add_argument("--quick", action="store_true", help="smoke test: 4 trials of 2 epochs x 64 images")
     args = ap.parse_args()
     if args.quick:
