@@ -16,7 +16,6 @@ in process via ``run_job`` (no Ray), and is scored by its final-epoch top-1 on v
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from digits_methods import write_atomically
 from PIL import Image
 
 from hsakd_ray.config import load_config
@@ -105,19 +105,6 @@ def table(args: argparse.Namespace, results: dict[str, list[float]], cpu_seconds
         per_seed = ", ".join(f"{v:.2f}" for v in values)
         lines.append(f"| {name} | {statistics.mean(values):.2f} ± {spread:.2f} | {per_seed} |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -362,14 +362,15 @@ def untrained_teacher(tmp_path: Path, arch: str = "resnet8") -> str:
     return str(tmp_path / "teacher")
 
 
-def student_only_space(tmp_path: Path, name: str, search: dict, teacher: str | None = None, **tune_keys) -> Path:
+def small_space(tmp_path: Path, name: str, search: dict, teacher: str | None = None, epochs: int = 2,
+                **tune_keys) -> Path:
     """A sweep of CE-only students (no teacher to train): the quickest real sweep, 1-CPU trials one at a time. With
     ``teacher`` (a checkpoint) the students distil from it (kd), and the trials share its outputs."""
     raw = {
         "base": {"data": {"name": "digits", "image_size": 16, "val_fraction": 0.1},
                  "student": {"arch": "resnet8", "aux_stages": []}, "distill": {"method": "ce"},
                  "optim": {"lr": 0.1, "schedule": "constant", "milestones": []},
-                 "train": {"epochs": 2, "batch_size": 64}, "ray": {"max_failures": 0},
+                 "train": {"epochs": epochs, "batch_size": 64}, "ray": {"max_failures": 0},
                  "tracking": {"experiment": name}},
         "search": search,
         "tune": {"name": name, "max_concurrent_trials": 1, "resources": {"num_workers": 1, "cpus_per_worker": 1},
@@ -390,11 +391,9 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
     49.7 after epoch 2, the second's 9.0 and 9.7) it scores below the first trial's value there, so ASHA stops it:
     KILLED with ``stopped_by``, two of three epochs logged. The experiment's best trial is the first one, and
     best_config.yaml carries its learning rate."""
-    space = student_only_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, untrained_teacher(tmp_path),
-                               search_alg="grid", scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
-    raw = yaml.safe_load(space.read_text())
-    raw["base"]["train"]["epochs"] = 3
-    space.write_text(yaml.safe_dump(raw))
+    space = small_space(tmp_path, "asha", {"optim.lr": {"grid": [0.1, 1.0e-6]}}, untrained_teacher(tmp_path),
+                        epochs=3, search_alg="grid",
+                        scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
     proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
     assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
 
@@ -424,7 +423,7 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
 def test_failed_trials_are_failed_with_their_error_and_so_is_the_sweep(tmp_path):
     """A trial whose Train run cannot start (its storage is a file, not a directory) ends FAILED with the exception
     as tag ``error``; with no trial reporting the metric the sweep's parent run is FAILED too, and the command fails."""
-    space = student_only_space(tmp_path, "broken", {"optim.lr": {"choice": [0.1]}})
+    space = small_space(tmp_path, "broken", {"optim.lr": {"choice": [0.1]}})
     (tmp_path / "ray_results").mkdir()
     (tmp_path / "ray_results" / "broken-trials").write_text("not a directory")
     proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
@@ -446,12 +445,9 @@ def test_failed_trials_are_failed_with_their_error_and_so_is_the_sweep(tmp_path)
 def test_optuna_search_end_to_end(tmp_path):
     """search_alg optuna (the optional extra) samples each trial's value from the space and the sweep finishes."""
     pytest.importorskip("optuna")
-    space = student_only_space(tmp_path, "optuna", {"optim.lr": {"loguniform": [0.01, 0.2]},
-                                                    "distill.temperature": {"quniform": [1.0, 4.0, 0.5]}},
-                               untrained_teacher(tmp_path), search_alg="optuna", num_samples=2)
-    raw = yaml.safe_load(space.read_text())
-    raw["base"]["train"]["epochs"] = 1
-    space.write_text(yaml.safe_dump(raw))
+    space = small_space(tmp_path, "optuna", {"optim.lr": {"loguniform": [0.01, 0.2]},
+                                             "distill.temperature": {"quniform": [1.0, 4.0, 0.5]}},
+                        untrained_teacher(tmp_path), epochs=1, search_alg="optuna", num_samples=2)
     proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log.txt")
     assert proc.wait(timeout=900) == 0, (tmp_path / "log.txt").read_text()[-3000:]
 
