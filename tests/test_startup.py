@@ -68,6 +68,7 @@ def test_local_ray_starts_without_train_preemption_watchers_unless_told(monkeypa
     from hsakd_ray.train import ray_session
 
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")
     assert ray_session.local_train_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
     assert ray_session.local_train_env() == {}
@@ -76,3 +77,34 @@ def test_local_ray_starts_without_train_preemption_watchers_unless_told(monkeypa
     # the name Ray reads, and one Train passes on to its controller and workers
     assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ray_session.LOCAL_TRAIN_ENV
     assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ENV_VARS_TO_PROPAGATE
+
+
+def test_a_local_train_controller_polls_its_workers_every_half_second(monkeypatch):
+    """Ray's controller polls every 2 s, so a finished trial was noticed (and the next one started) up to 2 s late;
+    a local Ray polls every 0.5 s, under a name Ray reads and passes on to its controllers."""
+    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE, HEALTH_CHECK_INTERVAL_S_ENV_VAR
+
+    from hsakd_ray.train import ray_session
+
+    monkeypatch.delenv(HEALTH_CHECK_INTERVAL_S_ENV_VAR, raising=False)
+    assert ray_session.local_train_env()[HEALTH_CHECK_INTERVAL_S_ENV_VAR] == "0.5"
+    assert HEALTH_CHECK_INTERVAL_S_ENV_VAR in ENV_VARS_TO_PROPAGATE
+
+
+def test_a_job_without_ray_datasets_starts_no_dataset_manager():
+    """Train V2 gives every run a Ray Data DatasetManager actor (a process importing Ray Data); a job here passes no
+    Ray Datasets, so its trainer leaves that callback out. Given datasets, it keeps it. (test_train_ray.py checks
+    that a real job starts no such actor.)"""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from hsakd_ray.config import config_from_dict
+    from hsakd_ray.train.trainer import Trainer, build_trainer
+
+    def kinds(trainer) -> list[str]:
+        return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+    trainer = build_trainer(config_from_dict({}), "teacher", "job", "/tmp/unused")
+    assert "DatasetsCallback" not in kinds(trainer)
+    assert "PlacementGroupCleanerCallback" in kinds(trainer)  # everything else is Ray's
+    with_data = Trainer(lambda: None, datasets={"train": lambda: None})
+    assert any(isinstance(cb, DatasetsCallback) for cb in with_data._create_default_callbacks())

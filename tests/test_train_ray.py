@@ -230,6 +230,11 @@ def test_teacher_job_is_one_complete_mlflow_run(reference_teacher, workspace, sq
     tags = client.get_run(teacher_id).data.tags
     assert tags["hsakd.precision"] == resolve_precision("auto", "cpu", cpu_flags()).value
     assert tags["hsakd.compile"] == "eager"
+    # the job's Train run started its placement group cleaner but no Ray Data DatasetManager (train/trainer.py)
+    from ray.util.state import list_actors
+
+    started = {a.class_name for a in list_actors(limit=10000, detail=False)}
+    assert "PlacementGroupCleaner" in started and "DatasetManager" not in started
 
     # evaluated on the test set: no metric ranks checkpoints, so Ray keeps only the latest and the run's checkpoint
     # artifact is the last epoch's (never chosen by test accuracy); the run reports last and best-epoch test top-1
