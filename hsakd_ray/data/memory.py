@@ -2,8 +2,12 @@
 for GPU-resident training."""
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
@@ -81,16 +85,32 @@ def tensor_augmentation(ds: Dataset) -> Callable[[torch.Tensor], torch.Tensor] |
     return view.transform if view is not None else None
 
 
-def digits_source(cfg: DataConfig) -> Source:
-    """scikit-learn's 1,797 handwritten 8x8 digits, upsampled to a square RGB image, split 80/20 by class."""
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``load_digits`` gives them: images (N, 8, 8) of 0..16, labels (N,). Read straight
+    from the file scikit-learn ships (``datasets/data/digits.csv.gz``: 64 pixels then the label per row), found
+    without importing scikit-learn, whose import is 0.6 s of every Train worker's start-up; through
+    ``load_digits`` where that file is not found."""
+    spec = importlib.util.find_spec("sklearn")  # a top-level package: located, not imported
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as rows:
+                table = np.loadtxt(rows, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
     from sklearn.datasets import load_digits  # only this dataset needs scikit-learn
 
     bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def digits_source(cfg: DataConfig) -> Source:
+    """scikit-learn's 1,797 handwritten 8x8 digits, upsampled to a square RGB image, split 80/20 by class."""
+    images_8px, targets = digits_arrays()
     size = cfg.image_size or 32
-    pixels = torch.from_numpy(bunch.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    pixels = torch.from_numpy(images_8px).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
     images = pixels.expand(-1, 3, -1, -1)
-    labels = torch.from_numpy(bunch.target).long()
+    labels = torch.from_numpy(targets).long()
     train_idx, test_idx = stratified_split(labels.tolist(), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     train, test = torch.tensor(train_idx), torch.tensor(test_idx)
     # flip off by default: digits are not mirror-invariant
