@@ -7,8 +7,8 @@ from __future__ import annotations
 import pickle
 import struct
 import subprocess
-import tempfile
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
