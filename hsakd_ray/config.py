@@ -265,10 +265,14 @@ def _build(cls: type, raw: Any, prefix: str, base: Any = None) -> Any:
     return dataclasses.replace(base, **values)
 
 
-def config_from_dict(raw: dict, base: Config | None = None) -> Config:
-    """``raw`` laid over ``base`` (default: the schema's defaults), validated."""
+def config_from_dict(raw: dict, base: Config | None = None, cross_checked: bool = True) -> Config:
+    """``raw`` laid over ``base`` (default: the schema's defaults), each key type- and range-checked, and the whole
+    cross-checked (``validate``) unless ``cross_checked`` is False: that needs the model registry (torch and
+    torchvision, a second of imports), so a Tune trial's process, which only builds the trainer, leaves it to the
+    Train worker, where every job's config is checked whole before anything trains."""
     cfg = _build(Config, raw, "", base)
-    validate(cfg)
+    if cross_checked:
+        validate(cfg)
     return cfg
 
 

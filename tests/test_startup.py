@@ -108,3 +108,31 @@ def test_a_job_without_ray_datasets_starts_no_dataset_manager():
     assert "PlacementGroupCleanerCallback" in kinds(trainer)  # everything else is Ray's
     with_data = Trainer(lambda: None, datasets={"train": lambda: None})
     assert any(isinstance(cb, DatasetsCallback) for cb in with_data._create_default_callbacks())
+
+
+def test_a_trial_process_builds_its_config_without_the_model_registry(tmp_path):
+    """A trial's process only builds the trainer from its sampled config: the whole-config checks (which import the
+    models, torch and torchvision: a second per trial) are left to its Train worker, which makes them for every
+    job. The check moves, it does not vanish: the same bad config passes the trial's build and fails the worker's."""
+    import pickle
+
+    from hsakd_ray.config import ConfigError, config_from_dict, config_to_dict
+    from hsakd_ray.tune.space import load_space, trial_config
+
+    space = load_space(REPO / "search_spaces" / "quickstart.yaml")
+    (tmp_path / "space.pkl").write_bytes(pickle.dumps(space))
+    code = ("import pickle, sys; from hsakd_ray.tune import trial; "
+            f"space = pickle.loads(open({str(tmp_path / 'space.pkl')!r}, 'rb').read()); "
+            "cfg = trial.trial_config(space, {'distill.temperature': 2.5, 'student.aux_stages': [3]}, "
+            "cross_checked=False); "
+            "print(cfg.distill.temperature, cfg.student.aux_stages, "
+            "sorted({'torchvision', 'hsakd_ray.models'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2.5 [3] []"
+
+    bad = trial_config(space, {"student.arch": "no_such_net"}, cross_checked=False)
+    with pytest.raises(ConfigError, match="no_such_net"):
+        config_from_dict(config_to_dict(bad))  # what the worker does first (train/worker.py)
+    with pytest.raises(ConfigError, match="no_such_net"):
+        trial_config(space, {"student.arch": "no_such_net"})

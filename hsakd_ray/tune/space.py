@@ -304,13 +304,14 @@ def check_early_stopping(scheduler: SchedulerSpec, base: Config, search: dict) -
                 f"{cfg.optim.schedule} schedule; allowed: grace_period >= {first} (a rung {why})")
 
 
-def trial_config(space: SearchSpace, params: dict[str, Any]) -> Config:
-    """The base config with one trial's sampled values and the experiment's per-trial resources."""
+def trial_config(space: SearchSpace, params: dict[str, Any], cross_checked: bool = True) -> Config:
+    """The base config with one trial's sampled values and the experiment's per-trial resources
+    (``cross_checked``: see ``config_from_dict``)."""
     raw = apply_params(config_to_dict(space.base), params)
     r = space.tune.resources
     raw["scaling"].update(num_workers=r.num_workers, cpus_per_worker=r.cpus_per_worker,
                           use_gpu=r.gpus_per_worker > 0, gpus_per_worker=r.gpus_per_worker or 1.0)
-    return config_from_dict(raw)
+    return config_from_dict(raw, cross_checked=cross_checked)
 
 
 def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | None) -> dict:

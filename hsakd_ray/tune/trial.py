@@ -72,7 +72,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
         stamps.set_label(name)
         stamps.stamp("trial_process", t=stamps.process_started())
         stamps.stamp("trial_fn")
-    cfg = trial_config(space, config["params"])
+    cfg = trial_config(space, config["params"], cross_checked=False)  # checked whole by the Train worker
     pbt = space.tune.scheduler.type == "pbt"
     donor = tune.get_checkpoint() if pbt else None
     start_from = donor.path if donor is not None else None
