@@ -97,8 +97,7 @@ def mlflow_phases(folder: Path, experiment: str) -> dict:
     teachers = sorted(by_kind["teacher"], key=lambda r: r.info.start_time)
     (parent,) = by_kind["tune"]
     final = [r for r in teachers if r.data.tags.get("mlflow.runName", "").endswith("final-teacher")]
-    best = max(r.data.metrics.get("val/top1_best_epoch", r.data.metrics.get("val/top1", 0.0))
-               for r in by_kind["trial"])
+    best = parent.data.metrics.get("best_val/top1", float("nan"))  # the sweep's best trial, best epoch
     return {"teacher_runs_s": [(r.info.end_time - r.info.start_time) / 1000 for r in teachers],
             "sweep_s": (parent.info.end_time - parent.info.start_time) / 1000,
             "first_run_start_ms": min(r.info.start_time for r in runs),
