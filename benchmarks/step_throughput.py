@@ -171,9 +171,16 @@ def main(argv: list[str] | None = None) -> float:
           f"compile={setup.compile.value} device_data={not args.no_device_data}")
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
 
+    warm: list[float] = []
     for _ in range(args.warmup):
         run_reference()
+        start = time.perf_counter()
         run_project()
+        warm.append(time.perf_counter() - start)
+    # with --compile, the first warm-up run is where torch.compile (and CUDA-graph capture) happens: its excess over
+    # the last warm-up run is the compile time that train.compile=auto's step threshold has to repay (fastpath.py)
+    print(f"project warm-up runs: {', '.join(f'{w:.2f}' for w in warm)} s; first minus last "
+          f"(compile_s with --compile): {warm[0] - warm[-1]:.2f}", flush=True)
     runs = {"reference": run_reference, "project": run_project}
     rates: dict[str, list[float]] = {"reference": [], "project": []}
     cpu: dict[str, float] = {"reference": 0.0, "project": 0.0}
