@@ -37,7 +37,7 @@ SERVICES = ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "r
 def process_kind(cmd: str) -> str:
     if cmd.startswith("ray::"):
         return cmd.split()[0].split(".")[0]  # ray::TrainController.run -> ray::TrainController
-    if "hsakd-ray" in cmd:
+    if "hsakd-ray" in cmd or "hsakd_ray.cli" in cmd:
         return "driver (hsakd-ray)"
     return next((name for name in SERVICES if name in cmd), "other")
 
