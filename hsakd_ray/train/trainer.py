@@ -20,7 +20,7 @@ class Trainer(TorchTrainer):
     """A TorchTrainer that starts no Ray Data ``DatasetManager`` actor when it is given no Ray Datasets.
 
     Train V2 starts that actor for every run, datasets or not: one more Ray process per job (and per trial) that
-    imports Ray Data, about 1.2 CPU-seconds each on the start-up's critical path. hsakd-ray's workers load their
+    imports Ray Data, about 1.2 CPU-seconds each that a trial's start-up competes for. hsakd-ray's workers load their
     data themselves, so a run here never has Ray Datasets and the actor has nothing to shard. With datasets (or a
     Ray whose Train has no such callback) the trainer is Ray's, unchanged."""
 
