@@ -68,7 +68,6 @@ def test_local_ray_starts_without_train_preemption_watchers_unless_told(monkeypa
     from hsakd_ray.train import ray_session
 
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")
     assert ray_session.local_train_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
     assert ray_session.local_train_env() == {}
@@ -77,18 +76,6 @@ def test_local_ray_starts_without_train_preemption_watchers_unless_told(monkeypa
     # the name Ray reads, and one Train passes on to its controller and workers
     assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ray_session.LOCAL_TRAIN_ENV
     assert ENABLE_PREEMPTION_WATCHER_ENV_VAR in ENV_VARS_TO_PROPAGATE
-
-
-def test_a_local_train_controller_polls_its_workers_every_half_second(monkeypatch):
-    """Ray's controller polls every 2 s, so a finished trial was noticed (and the next one started) up to 2 s late;
-    a local Ray polls every 0.5 s, under a name Ray reads and passes on to its controllers."""
-    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE, HEALTH_CHECK_INTERVAL_S_ENV_VAR
-
-    from hsakd_ray.train import ray_session
-
-    monkeypatch.delenv(HEALTH_CHECK_INTERVAL_S_ENV_VAR, raising=False)
-    assert ray_session.local_train_env()[HEALTH_CHECK_INTERVAL_S_ENV_VAR] == "0.5"
-    assert HEALTH_CHECK_INTERVAL_S_ENV_VAR in ENV_VARS_TO_PROPAGATE
 
 
 def test_a_job_without_ray_datasets_starts_no_dataset_manager():

@@ -112,14 +112,11 @@ def _claim_session() -> None:
 
 
 # Ray Train settings for a Ray started here (one node, this machine), inherited by every process it spawns; a value
-# already in the environment wins.
-# - Train V2 starts a preemption watcher actor per worker group (one more process per trial, starting while the
-#   trial's first steps run) to report nodes that a cloud provider drains: a local node is never drained.
-# - A Train controller polls its workers every 2 s (Ray's default), so a finished job is noticed, and the next
-#   trial can start, up to 2 s late; each epoch's report waits for a poll too. Here it is every 0.5 s: the
-#   controllers' CPU over a quickstart measured no change (benchmarks/quickstart_wall.py). Missed polls are
-#   harmless: a worker counts as hung only after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 min).
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# already in the environment wins. Train V2 starts a preemption watcher actor per worker group (one more process per
+# trial, starting while the trial's first steps run) to report nodes that a cloud provider drains: a local node is
+# never drained. (A controller polling its workers every 0.5 s instead of Ray's 2 s was tried: a killed sweep's
+# trial then lost an epoch's MLflow metrics after --resume; see README, Performance.)
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def local_train_env() -> dict[str, str]:
