@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import statistics
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
+from side_by_side import baseline_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env")
@@ -145,26 +147,19 @@ def main() -> None:
     ap.add_argument("--keep", help="keep every run's folder (log, MLflow, Ray results) under this directory")
     args = ap.parse_args()
     base = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="quickstart-wall-"))
-    sides = {"this": ROOT}
-    if args.baseline:
-        tree = base / "baseline-tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
-                       check=True, capture_output=True)
-        sides = {"baseline": tree, "this": ROOT}
-    print(f"CPUs here: {os.cpu_count()}; sides: " + ", ".join(f"{k} = {v}" for k, v in sides.items()), flush=True)
     walls: dict[str, list[float]] = collections.defaultdict(list)
-    try:
+    with contextlib.ExitStack() as stack:
+        if not args.keep:  # registered first, so it runs last: after the baseline's worktree is removed
+            stack.callback(shutil.rmtree, base, ignore_errors=True)
+        sides = {"this": ROOT}
+        if args.baseline:
+            sides = {"baseline": stack.enter_context(baseline_tree(args.baseline, base)), "this": ROOT}
+        print(f"CPUs here: {os.cpu_count()}; sides: " + ", ".join(f"{k} = {v}" for k, v in sides.items()), flush=True)
         for round_ in range(args.rounds):
             for side, code_root in sides.items():
                 r = run_once(code_root, base / f"{side}-{round_}")
                 walls[side].append(r["wall_s"])
                 print(describe(side, r), flush=True)
-    finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base / "baseline-tree")],
-                           capture_output=True)
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
     for side, values in walls.items():
         print(f"{side}: median wall {statistics.median(values):.1f} s over {len(values)} runs "
               f"({', '.join(f'{v:.0f}' for v in values)})")

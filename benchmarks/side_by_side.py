@@ -11,15 +11,30 @@ script's last line of the form ``NAME: VALUE`` (``startup_s: 10.25``, ``ratio: 0
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE = re.compile(r"^([A-Za-z_][\w/.-]*): (-?[0-9.]+(?:e-?\d+)?)\s*$")
+
+
+@contextmanager
+def baseline_tree(commit: str, folder: Path) -> Iterator[Path]:
+    """``commit`` checked out (detached) at ``folder/baseline`` while the block runs, then removed."""
+    tree = folder / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
+                   capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 def last_figure(output: str) -> tuple[str, float]:
@@ -41,27 +56,20 @@ def main() -> None:
     script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     values: dict[str, list[float]] = {"baseline": [], "this": []}
     name = ""
-    with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
-        tree = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
-                       check=True, capture_output=True)
-        try:
-            for round_ in range(args.rounds):
-                for side, root in (("baseline", tree), ("this", ROOT)):
-                    out = subprocess.run([sys.executable, str(root / args.script), *script_args], cwd=root,
-                                         env={**__import__("os").environ, "PYTHONPATH": str(root)},
-                                         capture_output=True, text=True)
-                    text = out.stdout + out.stderr
-                    if args.logs:
-                        args.logs.mkdir(parents=True, exist_ok=True)
-                        (args.logs / f"{side}-{round_}.log").write_text(text)
-                    if out.returncode != 0:
-                        raise SystemExit(f"{side} run {round_} failed (exit {out.returncode}):\n{text[-3000:]}")
-                    name, value = last_figure(out.stdout)
-                    values[side].append(value)
-                    print(f"round {round_} {side:8} {name}: {value}", flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp, baseline_tree(args.baseline, Path(tmp)) as tree:
+        for round_ in range(args.rounds):
+            for side, root in (("baseline", tree), ("this", ROOT)):
+                out = subprocess.run([sys.executable, str(root / args.script), *script_args], cwd=root,
+                                     env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+                text = out.stdout + out.stderr
+                if args.logs:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    (args.logs / f"{side}-{round_}.log").write_text(text)
+                if out.returncode != 0:
+                    raise SystemExit(f"{side} run {round_} failed (exit {out.returncode}):\n{text[-3000:]}")
+                name, value = last_figure(out.stdout)
+                values[side].append(value)
+                print(f"round {round_} {side:8} {name}: {value}", flush=True)
     for side, got in values.items():
         print(f"{side}: median {name} {statistics.median(got):.3f} over {len(got)} runs "
               f"({', '.join(f'{v:.2f}' for v in got)})")
