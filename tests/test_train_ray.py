@@ -266,22 +266,25 @@ def test_distill_job_names_its_teacher_by_runs_uri(distilled_student, workspace,
 
 
 @pytest.mark.timeout(120, method="thread")
-def test_resume_backfills_epochs_a_checkpoint_made_durable_but_mlflow_missed(distilled_student, workspace,
-                                                                               sqlite_uri):
+def test_resume_backfills_epochs_a_checkpoint_made_durable_but_mlflow_missed(reference_teacher, distilled_student,
+                                                                               workspace, sqlite_uri):
     """The driver can die after Ray persisted a checkpoint and before the controller logged its epochs; --resume
-    then logs them from the checkpoint (here: the student's only checkpoint carries epochs 1 and 2)."""
+    then logs them from the latest checkpoint. The student's only checkpoint is after epoch 2; the teacher has one
+    per epoch, and Ray deleted the one after epoch 1 when it persisted the next: its latest checkpoint must still
+    give back epoch 1 too (a driver killed after two checkpoints lost the first one's epochs before)."""
     client = MlflowClient(sqlite_uri)
     experiment = client.get_experiment_by_name("train-ray").experiment_id
-    empty = client.create_run(experiment, run_name="missed-epochs").info.run_id
-    ray_run = str(workspace / "ray_results" / distilled_student["name"])
-    assert backfill_epochs(client, empty, ray_run) == [1, 2]
-    assert backfill_epochs(client, empty, ray_run) == []  # idempotent
-    original = distilled_student["run_id"]
-    for key in metric_steps(client, original):
-        logged = [(m.step, m.value) for m in client.get_metric_history(empty, key)]
-        assert logged == sorted((m.step, m.value) for m in client.get_metric_history(original, key)), key
-    assert client.get_run(empty).data.tags[BACKFILLED_TAG] == "1,2"
-    client.set_terminated(empty, "FINISHED")
+    for job in (distilled_student, reference_teacher):
+        empty = client.create_run(experiment, run_name=f"missed-epochs-{job['name']}").info.run_id
+        ray_run = str(workspace / "ray_results" / job["name"])
+        assert backfill_epochs(client, empty, ray_run) == [1, 2], job["name"]
+        assert backfill_epochs(client, empty, ray_run) == []  # idempotent
+        original = job["run_id"]
+        for key in metric_steps(client, original):
+            logged = [(m.step, m.value) for m in client.get_metric_history(empty, key)]
+            assert logged == sorted((m.step, m.value) for m in client.get_metric_history(original, key)), key
+        assert client.get_run(empty).data.tags[BACKFILLED_TAG] == "1,2"
+        client.set_terminated(empty, "FINISHED")
 
 
 @pytest.mark.timeout(120, method="thread")

@@ -13,8 +13,10 @@ seen by this controller, ``hsakd.resumed_at_epochs`` lists the epochs training c
 ``--resume``.
 
 One gap remains when the driver dies: between Ray persisting a checkpoint and this callback logging its epochs.
-So each checkpoint carries the metrics of the epochs it makes durable (``reported_epochs.json``), and ``--resume``
-logs those of the latest checkpoint that MLflow lacks (``backfill_epochs``) before training continues after it.
+So each checkpoint carries the metrics of every epoch its run has reported (``reported_epochs.json``), and
+``--resume`` logs those of the latest checkpoint that MLflow lacks (``backfill_epochs``) before training continues
+after it. Every epoch, not only those since the previous checkpoint: Ray keeps one checkpoint besides the best, so
+when the driver misses two checkpoints' epochs the earlier checkpoint, and with it its epochs, is already gone.
 """
 from __future__ import annotations
 
@@ -39,8 +41,14 @@ def fast_path_tags(metrics: dict) -> dict[str, str]:
 
 
 def write_reported_epochs(checkpoint_dir: str | Path, reported: list[dict]) -> None:
-    """Store in a checkpoint the metrics of the epochs reported since the previous checkpoint (this one included)."""
+    """Store in a checkpoint the metrics of every epoch its run has reported (this one included)."""
     (Path(checkpoint_dir) / REPORTED_EPOCHS_FILE).write_text(json.dumps(reported))
+
+
+def read_reported_epochs(checkpoint_dir: str | Path) -> list[dict]:
+    """The epochs ``write_reported_epochs`` stored in a checkpoint (none in a checkpoint without the file)."""
+    file = Path(checkpoint_dir) / REPORTED_EPOCHS_FILE
+    return json.loads(file.read_text()) if file.is_file() else []
 
 
 def backfill_epochs(client, run_id: str, ray_run_path: str) -> list[int]:
@@ -56,8 +64,7 @@ def backfill_epochs(client, run_id: str, ray_run_path: str) -> list[int]:
     if result.checkpoint is None:
         return []
     with result.checkpoint.as_directory() as directory:
-        file = Path(directory) / REPORTED_EPOCHS_FILE
-        reported = json.loads(file.read_text()) if file.is_file() else []
+        reported = read_reported_epochs(directory)
     logged = logged_epochs(client, run_id)
     missing = [m for m in reported if int(m["epoch"]) not in logged]
     for metrics in missing:

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from ..config import config_from_dict  # noqa: E402
 from ..engine import Runtime, load_train_state, run_job  # noqa: E402
 from ..engine.reporting import format_epoch  # noqa: E402
-from ..tracking.epoch_logger import write_reported_epochs  # noqa: E402
+from ..tracking.epoch_logger import read_reported_epochs, write_reported_epochs  # noqa: E402
 from .compute import ComputeMeter  # noqa: E402
 
 stamps.stamp("worker_imported")
@@ -65,13 +65,17 @@ def _train_worker(config: dict, scratch: str) -> None:
 
     resume_state = None
     compute = ComputeMeter(cfg.scaling.gpus_per_worker if cfg.scaling.use_gpu else 0.0, world, device)
-    checkpoint = ray.train.get_checkpoint()  # this run's own, after a worker-group restart or --resume
+    # every epoch this run has reported, carried whole by each checkpoint (tracking/epoch_logger.py, backfill_epochs)
+    reported: list[dict] = []
+    checkpoint = own = ray.train.get_checkpoint()  # this run's own, after a worker-group restart or --resume
     if checkpoint is None and config.get("start_from"):
         checkpoint = ray.train.Checkpoint(config["start_from"])  # another run's: a PBT donor
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             resume_state = load_train_state(ckpt_dir)  # train state and model weights, in memory
             compute.resume_from(ckpt_dir)
+            if own is not None:  # a donor's epochs are the donor's run's, not this one's
+                reported = read_reported_epochs(ckpt_dir)
         if rank == 0 and resume_state is not None:
             logger.info("resuming after epoch %d from %s", int(resume_state["epoch"]), checkpoint.path)
 
@@ -79,13 +83,13 @@ def _train_worker(config: dict, scratch: str) -> None:
     # where this worker runs, reported with its metrics so a Tune trial's MLflow run is tagged with its node
     node = {"worker_node_ip": ray.util.get_node_ip_address(), "worker_node_id": ray.get_runtime_context().get_node_id()}
 
-    since_checkpoint: list[dict] = []  # this attempt's epochs since its last checkpoint, carried by the next one
-
     def report(epoch: int, metrics: dict, save) -> None:
+        nonlocal reported
         metrics = {**metrics, **node, **compute.totals(metrics)}
         if rank == 0:
             logger.info(format_epoch(epoch, total, metrics))
-        since_checkpoint.append(metrics)
+        # epochs after this one were re-run from the checkpoint resumed (a worker failure before a later checkpoint)
+        reported = [m for m in reported if int(m["epoch"]) < epoch] + [metrics]
         if epoch % every and epoch != total:
             ray.train.report(metrics)
             return
@@ -93,10 +97,9 @@ def _train_worker(config: dict, scratch: str) -> None:
             ckpt = None
             if rank == 0:
                 path = save(Path(tmp) / "checkpoint")
-                write_reported_epochs(path, since_checkpoint)
+                write_reported_epochs(path, reported)
                 ckpt = ray.train.Checkpoint.from_directory(str(path))
             ray.train.report(metrics, checkpoint=ckpt)
-        since_checkpoint.clear()
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(module, move_to_device=False)
