@@ -123,3 +123,34 @@ def test_a_trial_process_builds_its_config_without_the_model_registry(tmp_path):
         config_from_dict(config_to_dict(bad))  # what the worker does first (train/worker.py)
     with pytest.raises(ConfigError, match="no_such_net"):
         trial_config(space, {"student.arch": "no_such_net"})
+
+
+@pytest.mark.slow
+def test_the_mlflow_store_opens_while_ray_starts_and_a_failure_leaves_no_ray(tmp_path):
+    """``init_ray_beside`` runs the store's opening on a thread that starts before Ray is up (a fresh sqlite store's
+    tables: 2 s of a first job's start, otherwise spent after Ray's 5 to 7 s), returns what it made, and shuts a
+    Ray it started down again when the opening fails. In a fresh process: its own local Ray."""
+    code = f"""
+import threading, ray
+from mlflow.tracking import MlflowClient
+from hsakd_ray.train.ray_session import init_ray_beside
+seen = {{}}
+def opening():
+    seen['off_main'] = threading.current_thread() is not threading.main_thread()
+    seen['before_ray'] = not ray.is_initialized()
+    return MlflowClient('sqlite:///{tmp_path}/mlflow.db')
+started, client = init_ray_beside(None, opening)
+print(started, type(client).__name__, seen['off_main'], seen['before_ray'], ray.is_initialized(),
+      (__import__('pathlib').Path('{tmp_path}') / 'mlflow.db').is_file())
+ray.shutdown()
+def failing():
+    raise ValueError('no such store')
+try:
+    init_ray_beside(None, failing)
+except ValueError as exc:
+    print('raised', exc, ray.is_initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-2:] == ["True MlflowClient True True True True",
+                                                    "raised no such store False"], out.stdout

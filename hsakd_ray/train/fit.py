@@ -20,7 +20,7 @@ from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint
 from ..tracking.ui import print_ui
 from .preflight import job_description, job_need
 from .progress import JobProgress
-from .ray_session import check_cluster_paths, check_cluster_resources, init_ray
+from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
 from .student_model import log_student_model
 from .trainer import build_trainer
 
@@ -87,20 +87,23 @@ def fit_in_thread(trainer) -> object:
 def run_on_ray(cfg: Config, kind: str, name: str, storage: str, uri: str, teacher_files: dict[str, bytes] | None,
                config_path: str | None, resume: bool, address: str | None, source: str) -> dict:
     """Start or join Ray, check what needs the cluster, fit; a Ray started (or joined) here is left when done."""
-    stop_ray = ray.shutdown if init_ray(address) else (lambda: None)
+    started, client = init_ray_beside(address, lambda: MlflowClient(uri))
+    stop_ray = ray.shutdown if started else (lambda: None)
     try:
         check_cluster_resources(job_need(cfg), cfg.scaling.num_workers, job_description(cfg, kind))
         check_cluster_paths(storage, uri, address)
-        return fit_tracked(cfg, kind, name, storage, uri, teacher_files, config_path, resume, stop_ray, source)
+        return fit_tracked(cfg, kind, name, storage, uri, teacher_files, config_path, resume, stop_ray, source,
+                           client)
     finally:
         stop_ray()
 
 
 def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teacher_files: dict[str, bytes] | None,
-                config_path: str | None, resume: bool, stop_ray, source: str) -> dict:
+                config_path: str | None, resume: bool, stop_ray, source: str,
+                client: MlflowClient | None = None) -> dict:
     """Create (or on ``resume`` reopen) the job's MLflow run, fit the TorchTrainer, log artifacts; the status is
-    set by ``tracked_run``."""
-    client = MlflowClient(uri)
+    set by ``tracked_run``. ``client``: one already open on ``uri``."""
+    client = client or MlflowClient(uri)
     tags = R.base_tags(kind, name)
     tags.update({"hsakd.teacher_source": source, "ray.run_name": name, "ray.storage_path": storage,
                  "hsakd.config_file": str(config_path or "")})

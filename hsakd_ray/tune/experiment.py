@@ -22,7 +22,7 @@ from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
 from ..train.prefetch import prefetch_dataset
 from ..train.preflight import resolve_storage_path
-from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray
+from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
 from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
@@ -120,12 +120,11 @@ def run_sweep(sweep: Sweep) -> dict:
     space, space_path, uri, storage = sweep.space, sweep.space_path, sweep.uri, sweep.storage
     exp_path, resume, address = sweep.exp_path, sweep.resume, sweep.address
     prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts
-    init_ray(address)
+    _, client = init_ray_beside(address, lambda: MlflowClient(uri))
     check_cluster_paths(storage, uri, address)
     per_worker, workers, driver_cpu = trial_need(space)
     check_cluster_resources(per_worker, workers, TRIAL, extra_cpu=driver_cpu)
 
-    client = MlflowClient(uri)
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
     teacher_ref, teacher_files = prepare_teacher(space, uri, client, experiment_id, bool(resume))
