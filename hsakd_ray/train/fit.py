@@ -99,11 +99,9 @@ def run_on_ray(cfg: Config, kind: str, name: str, storage: str, uri: str, teache
 
 
 def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teacher_files: dict[str, bytes] | None,
-                config_path: str | None, resume: bool, stop_ray, source: str,
-                client: MlflowClient | None = None) -> dict:
-    """Create (or on ``resume`` reopen) the job's MLflow run, fit the TorchTrainer, log artifacts; the status is
-    set by ``tracked_run``. ``client``: one already open on ``uri``."""
-    client = client or MlflowClient(uri)
+                config_path: str | None, resume: bool, stop_ray, source: str, client: MlflowClient) -> dict:
+    """Create (or on ``resume`` reopen) the job's MLflow run through ``client`` (open on ``uri``), fit the
+    TorchTrainer, log artifacts; the status is set by ``tracked_run``."""
     tags = R.base_tags(kind, name)
     tags.update({"hsakd.teacher_source": source, "ray.run_name": name, "ray.storage_path": storage,
                  "hsakd.config_file": str(config_path or "")})
