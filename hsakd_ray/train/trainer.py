@@ -1,10 +1,12 @@
-"""Build the TorchTrainer for a job from the config's ``scaling`` and ``ray`` sections."""
+"""Build the Train V2 trainer for a job from the config's ``scaling`` and ``ray`` sections: Ray's data-parallel
+trainer with a torch process group (``backend.TorchGroupConfig``), built without importing torch."""
 from __future__ import annotations
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from ..config import Config, config_to_dict
+from .backend import TorchGroupConfig
 
 try:  # Train V2's callback that gives every run a DatasetManager actor (see Trainer)
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
@@ -16,13 +18,15 @@ except ImportError:  # a Ray without it: nothing to leave out
 # engine.selection where the kept metric is not given.
 
 
-class Trainer(TorchTrainer):
-    """A TorchTrainer that starts no Ray Data ``DatasetManager`` actor when it is given no Ray Datasets.
+class Trainer(DataParallelTrainer):
+    """What ``TorchTrainer`` is (a ``DataParallelTrainer`` whose workers share a torch process group), but with no
+    torch import in the process that builds it or in Train's controller (backend.py), and no Ray Data
+    ``DatasetManager`` actor when it is given no Ray Datasets.
 
     Train V2 starts that actor for every run, datasets or not: one more Ray process per job (and per trial) that
     imports Ray Data, about 1.2 CPU-seconds each that a trial's start-up competes for. hsakd-ray's workers load their
     data themselves, so a run here never has Ray Datasets and the actor has nothing to shard. With datasets (or a
-    Ray whose Train has no such callback) the trainer is Ray's, unchanged."""
+    Ray whose Train has no such callback) its callbacks are Ray's, unchanged."""
 
     def _create_default_callbacks(self) -> list:
         callbacks = super()._create_default_callbacks()
@@ -85,7 +89,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
         train_loop_config={"cfg": config_to_dict(cfg), "kind": kind, "teacher_files": teacher_files,
                            "start_from": start_from, "teacher_store": teacher_store},
         scaling_config=scaling_config(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        backend_config=TorchGroupConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=run_config,
     )
 
