@@ -1,4 +1,4 @@
-"""A checked job on Ray: start or join Ray, open the MLflow run (``tracked_run``), fit the TorchTrainer, log the
+"""A checked job on Ray: start or join Ray, open the MLflow run (``tracked_run``), fit the Train job, log the
 artifacts. The run ends FINISHED, FAILED with the error, or KILLED on Ctrl-C / SIGTERM at any stage, within seconds.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def run_on_ray(cfg: Config, kind: str, name: str, storage: str, uri: str, teache
 def fit_tracked(cfg: Config, kind: str, name: str, storage: str, uri: str, teacher_files: dict[str, bytes] | None,
                 config_path: str | None, resume: bool, stop_ray, source: str, client: MlflowClient) -> dict:
     """Create (or on ``resume`` reopen) the job's MLflow run through ``client`` (open on ``uri``), fit the
-    TorchTrainer, log artifacts; the status is set by ``tracked_run``."""
+    Train job, log artifacts; the status is set by ``tracked_run``."""
     tags = R.base_tags(kind, name)
     tags.update({"hsakd.teacher_source": source, "ray.run_name": name, "ray.storage_path": storage,
                  "hsakd.config_file": str(config_path or "")})

@@ -1,4 +1,4 @@
-"""The driver of ``hsakd-ray teacher|distill|probe``: one TorchTrainer job = one MLflow run.
+"""The driver of ``hsakd-ray teacher|distill|probe``: one Ray Train job = one MLflow run.
 
 Order matters for trust: every check that can refuse the job runs first (preflight.py), before Ray or MLflow are
 even imported, so a refusal takes seconds and writes nothing; then the teacher is resolved, Ray starts (or is

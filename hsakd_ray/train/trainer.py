@@ -71,7 +71,7 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callbacks: list | None = None,
                   teacher_files: dict[str, bytes] | None = None, start_from: str | None = None,
                   teacher_store: dict | None = None, kept: str | None | bool = True) -> Trainer:
-    """One job = one TorchTrainer named ``name`` under ``storage_path`` (same name again resumes it).
+    """One job = one Train V2 trainer named ``name`` under ``storage_path`` (same name again resumes it).
 
     ``start_from``: a checkpoint directory (local or storage URI) the run starts from when it has no checkpoint of its
     own, e.g. a PBT donor's (Train V2 refuses ``resume_from_checkpoint``: the worker loads it, see worker.py).

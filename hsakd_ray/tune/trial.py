@@ -1,4 +1,4 @@
-"""The Tune trial function: build one trial's config and fit a TorchTrainer for it (Train V2 inside Tune).
+"""The Tune trial function: build one trial's config and fit a Train V2 trainer for it (train/trainer.py).
 
 Metrics reach Tune through ``TuneReportCallback``. The Train run is named after the trial, so a restarted trial
 (Tuner.restore, a retry) resumes from its own Train checkpoint. PBT needs Tune-side checkpoints to hand a donor's
@@ -64,7 +64,7 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
               train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True) -> None:
-    """One trial: its config from the sampled ``params``, then a TorchTrainer fit. ``kept``: the metric choosing its
+    """One trial: its config from the sampled ``params``, then a Train fit. ``kept``: the metric choosing its
     kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config)."""
     ctx = tune.get_context()
     name = f"{ctx.get_trial_id()}"
