@@ -97,58 +97,60 @@ def test_a_job_without_ray_datasets_starts_no_dataset_manager():
     assert any(isinstance(cb, DatasetsCallback) for cb in with_data._create_default_callbacks())
 
 
+def python_says(code: str) -> str:
+    """What a fresh interpreter running ``code`` (in the repository) prints, stripped; it must exit 0."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def quickstart_in_a_trial(tmp_path: Path) -> str:
+    """Code that has a fresh interpreter import the trial module and load the quickstart space, as a trial's process
+    receives it (pickled), into ``space``."""
+    from hsakd_ray.tune.space import load_space
+
+    (tmp_path / "space.pkl").write_bytes(__import__("pickle").dumps(load_space(REPO / "search_spaces" /
+                                                                               "quickstart.yaml")))
+    return ("import pickle, sys; from hsakd_ray.tune import trial; "
+            f"space = pickle.loads(open({str(tmp_path / 'space.pkl')!r}, 'rb').read()); ")
+
+
 def test_a_trial_and_its_train_controller_import_no_torch(tmp_path):
     """A trial's process builds its trainer (its kept metric given, as the sweep's driver gives it) and Train's
     controller unpickles what it is given (the run's context, the backend and every callback): neither imports
     torch (2 to 3 CPU-seconds each), only the workers do. With Ray's ``TorchConfig`` the controller's unpickling
     would import it (its module imports torch)."""
-    from hsakd_ray.tune.space import load_space
-
-    space = load_space(REPO / "search_spaces" / "quickstart.yaml")
-    (tmp_path / "space.pkl").write_bytes(__import__("pickle").dumps(space))
-    build = ("import pickle, sys; from ray import cloudpickle; from hsakd_ray.tune import trial; "
-             f"space = pickle.loads(open({str(tmp_path / 'space.pkl')!r}, 'rb').read()); "
-             "cfg = trial.trial_config(space, {'distill.temperature': 2.5}, cross_checked=False); "
-             f"t = trial.build_trainer(cfg, 'distill', 'trial', {str(tmp_path)!r}, teacher_files={{'a': b''}}, "
-             "kept='val/top1'); "
-             "blob = cloudpickle.dumps((t.train_run_context, t._create_default_callbacks(), t.backend_config)); "
-             f"open({str(tmp_path / 'controller.pkl')!r}, 'wb').write(blob); "
-             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
-
-    control = ("import pickle, sys; "
-               f"context, callbacks, backend = pickle.loads(open({str(tmp_path / 'controller.pkl')!r}, 'rb').read()); "
-               "assert type(backend).__name__ == 'TorchGroupConfig' and backend.backend == 'gloo'; "
-               "assert 'BackendSetupCallback' in [type(c).__name__ for c in callbacks]; "
-               "backend.backend_cls(); print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", control], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    shipped = tmp_path / "controller.pkl"
+    assert python_says(
+        quickstart_in_a_trial(tmp_path) + "from ray import cloudpickle; "
+        "cfg = trial.trial_config(space, {'distill.temperature': 2.5}, cross_checked=False); "
+        f"t = trial.build_trainer(cfg, 'distill', 'trial', {str(tmp_path)!r}, teacher_files={{'a': b''}}, "
+        "kept='val/top1'); "
+        "blob = cloudpickle.dumps((t.train_run_context, t._create_default_callbacks(), t.backend_config)); "
+        f"open({str(shipped)!r}, 'wb').write(blob); print('torch' in sys.modules)") == "False"
+    assert python_says(
+        "import pickle, sys; "
+        f"context, callbacks, backend = pickle.loads(open({str(shipped)!r}, 'rb').read()); "
+        "assert type(backend).__name__ == 'TorchGroupConfig' and backend.backend == 'gloo'; "
+        "assert 'BackendSetupCallback' in [type(c).__name__ for c in callbacks]; "
+        "backend.backend_cls(); print('torch' in sys.modules)") == "False"
 
 
 def test_a_trial_process_builds_its_config_without_the_model_registry(tmp_path):
     """A trial's process only builds the trainer from its sampled config: the whole-config checks (which import the
     models, torch and torchvision: a second per trial) are left to its Train worker, which makes them for every
     job. The check moves, it does not vanish: the same bad config passes the trial's build and fails the worker's."""
-    import pickle
-
     from hsakd_ray.config import ConfigError, config_from_dict, config_to_dict
     from hsakd_ray.tune.space import load_space, trial_config
 
-    space = load_space(REPO / "search_spaces" / "quickstart.yaml")
-    (tmp_path / "space.pkl").write_bytes(pickle.dumps(space))
-    code = ("import pickle, sys; from hsakd_ray.tune import trial; "
-            f"space = pickle.loads(open({str(tmp_path / 'space.pkl')!r}, 'rb').read()); "
-            "cfg = trial.trial_config(space, {'distill.temperature': 2.5, 'student.aux_stages': [3]}, "
-            "cross_checked=False); "
-            "print(cfg.distill.temperature, cfg.student.aux_stages, "
-            "sorted({'torchvision', 'hsakd_ray.models'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "2.5 [3] []"
+    assert python_says(
+        quickstart_in_a_trial(tmp_path) +
+        "cfg = trial.trial_config(space, {'distill.temperature': 2.5, 'student.aux_stages': [3]}, "
+        "cross_checked=False); "
+        "print(cfg.distill.temperature, cfg.student.aux_stages, "
+        "sorted({'torchvision', 'hsakd_ray.models'} & set(sys.modules)))") == "2.5 [3] []"
 
+    space = load_space(REPO / "search_spaces" / "quickstart.yaml")
     bad = trial_config(space, {"student.arch": "no_such_net"}, cross_checked=False)
     with pytest.raises(ConfigError, match="no_such_net"):
         config_from_dict(config_to_dict(bad))  # what the worker does first (train/worker.py)
