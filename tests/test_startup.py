@@ -30,21 +30,23 @@ def test_stamps_are_written_per_process_only_when_asked(tmp_path, monkeypatch):
     stamps.set_label("")
 
 
+def python_says(code: str) -> str:
+    """What a fresh interpreter running ``code`` (in the repository) prints, stripped; it must exit 0."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_process_start_is_this_process_s():
     """A child started now reports a start within a second of now (not the boot time or another process's)."""
     before = time.time()
-    out = subprocess.run([sys.executable, "-c", "from hsakd_ray.stamps import process_started; "
-                          "print(process_started())"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert before - 0.5 <= float(out.stdout) <= time.time()
+    started = float(python_says("from hsakd_ray.stamps import process_started; print(process_started())"))
+    assert before - 0.5 <= started <= time.time()
 
 
 def test_train_worker_code_imports_no_mlflow():
     """A Train worker imports its train function's module: MLflow is the driver's and the controller's business."""
-    code = "import sys, hsakd_ray.train.worker; print(sorted({'mlflow'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert python_says("import sys, hsakd_ray.train.worker; print(sorted({'mlflow'} & set(sys.modules)))") == "[]"
 
 
 def test_one_thread_skips_the_flop_count(monkeypatch):
@@ -95,13 +97,6 @@ def test_a_job_without_ray_datasets_starts_no_dataset_manager():
     assert "PlacementGroupCleanerCallback" in kinds(trainer)  # everything else is Ray's
     with_data = Trainer(lambda: None, datasets={"train": lambda: None})
     assert any(isinstance(cb, DatasetsCallback) for cb in with_data._create_default_callbacks())
-
-
-def python_says(code: str) -> str:
-    """What a fresh interpreter running ``code`` (in the repository) prints, stripped; it must exit 0."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def quickstart_in_a_trial(tmp_path: Path) -> str:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import ray
-from ray._private.ray_constants import env_integer
+from ray.train._internal.utils import get_address_and_port  # what Ray's torch backend asks worker 0 (no torch)
 from ray.train.backend import Backend, BackendConfig
-from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
+from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S as DEFAULT_SHUTDOWN_TIMEOUT_S
+from ray.train.constants import TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S as SHUTDOWN_TIMEOUT_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class TorchGroupBackend(Backend):
     share_cuda_visible_devices = True  # as Ray's torch backend: a worker sees its node's GPUs of this run
 
     def on_start(self, worker_group, backend_config: TorchGroupConfig) -> None:
-        addr, port = worker_group.execute_single(0, master_address)
+        addr, port = worker_group.execute_single(0, get_address_and_port)
         worker_group.execute(set_rank_env, addr=addr, port=port)
         size = len(worker_group)
         ray.get([worker_group.execute_single_async(rank, init_group, backend=backend_config.backend, world_rank=rank,
@@ -85,7 +86,7 @@ class TorchGroupBackend(Backend):
                  for rank in range(size)])
 
     def on_shutdown(self, worker_group, backend_config: TorchGroupConfig) -> None:
-        timeout_s = env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
+        timeout_s = int(os.environ.get(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT_S))
         try:  # as Ray's: a 1-worker group is left to the process's exit
             ray.get(worker_group.execute_async(destroy_group, destroy=len(worker_group) > 1), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -93,16 +94,6 @@ class TorchGroupBackend(Backend):
 
 
 # What the workers run (functions pickled by reference: the workers import this module, and torch, themselves).
-
-def master_address() -> tuple[str, int]:
-    """Worker 0's node address and a free port on it."""
-    import socket
-
-    addr = ray.util.get_node_ip_address()
-    with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as s:
-        s.bind(("", 0))
-        return addr, s.getsockname()[1]
-
 
 def set_rank_env(addr: str, port: int) -> None:
     """The environment torch.distributed's ``env://`` and libraries read: ranks, sizes, the master's address."""
