@@ -1,13 +1,16 @@
 """The student ships: a checkpoint's backbone (heads stripped, eval mode) as an MLflow Model that
-``mlflow.pytorch.load_model`` and ``mlflow models predict`` run, registered under ``tracking.register_model``, and as
+``mlflow.pytorch.load_model`` and ``mlflow models predict`` run (an MLflow 3 LoggedModel of its run, saved as pt2,
+pickle-free), registered under ``tracking.register_model``, and as
 standalone TorchScript / ONNX files from ``hsakd-ray export``."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -44,25 +47,68 @@ def reference(checkpoint: Path) -> tuple[torch.Tensor, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def logged(checkpoint, tmp_path_factory) -> tuple[str, str, str]:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    """A RUNNING run holding a test summary (as fit.py logs it before the model), then the student's LoggedModel."""
+    store = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("deploy")).info.run_id
-    return uri, run_id, log_student_model(client, run_id, checkpoint)
+    run_id = client.create_run(client.create_experiment("deploy", (store / "artifacts").as_uri())).info.run_id
+    client.log_metric(run_id, "test/top1_last", 91.5, step=0)
+    client.log_metric(run_id, "test/top1", 90.0, step=1)  # a per-epoch value: not the model's
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        model_uri = log_student_model(client, run_id, checkpoint)
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+    warned.extend(r.getMessage() for r in records if r.levelno >= logging.WARNING)
+    return uri, run_id, model_uri
 
 
-def test_logged_model_loads_in_eval_mode_without_heads_and_matches(logged, checkpoint):
+warned: list[str] = []  # what MLflow warned while logging the student (the pickle format warns)
+
+
+def with_store(uri: str):
+    return mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri})
+
+
+def test_student_is_a_logged_model_of_its_run_with_the_test_summary_linked(logged):
+    import mlflow
+
+    uri, run_id, model_uri = logged
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"  # logging inside the run leaves its status to its owner
+    with with_store(uri):
+        (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert model_uri == f"models:/{model.model_id}"
+    assert model.name == "student" and model.source_run_id == run_id
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]  # the run's "Logged models"
+    assert {m.key: m.value for m in model.metrics} == {"test/top1_last": 91.5}
+
+
+def test_student_is_saved_as_pt2_without_a_warning(logged):
+    from mlflow.models import Model
+
+    uri, _, model_uri = logged
+    with with_store(uri):
+        info = Model.load(model_uri)
+    assert info.flavors["pytorch"]["model_data"] == "data" and "python_function" in info.flavors
+    assert not warned, warned
+
+
+@pytest.mark.parametrize("via", ["model_id", "run"])
+def test_logged_model_loads_without_heads_and_matches(logged, checkpoint, via):
     import mlflow.pytorch
     from mlflow.models import Model
 
     uri, run_id, model_uri = logged
-    assert model_uri == f"runs:/{run_id}/model"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        model = mlflow.pytorch.load_model(model_uri)
-        info = Model.load(model_uri)
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    assert not model.training
+    ref = model_uri if via == "model_id" else f"runs:/{run_id}/student"
+    # pt2 is pickle-free: it loads where MLflow refuses to run model code (pickle)
+    with with_store(uri), mock.patch.dict(os.environ, {"MLFLOW_ALLOW_MODEL_CODE_EXECUTION": "false"}):
+        model = mlflow.pytorch.load_model(ref)
+        info = Model.load(ref)
     assert not any("heads" in name for name, _ in model.named_parameters())
     images, expected = reference(checkpoint)
     with torch.no_grad():
@@ -86,21 +132,19 @@ def test_mlflow_models_predict_runs_the_student(logged, checkpoint, tmp_path):
     np.testing.assert_allclose(predictions, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_registered_version_is_the_model_and_still_resolves_to_the_checkpoint(logged, checkpoint, tmp_path):
+def test_registered_version_is_the_logged_model_and_still_resolves_to_the_checkpoint(logged, checkpoint, tmp_path):
     import mlflow.pytorch
 
-    uri, run_id, _ = logged
+    uri, run_id, model_uri = logged
     client = MlflowClient(uri)
     client.log_artifacts(run_id, str(checkpoint), artifact_path="checkpoint")
     ref = register_checkpoint(run_id, "student", uri)
     assert ref == "models:/student/1"
-    assert client.get_model_version("student", "1").source.endswith("/model")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    version = client.get_model_version("student", "1")
+    assert version.source == model_uri and version.run_id == run_id
     (tmp_path / "dl").mkdir()
-    try:
+    with with_store(uri):
         model = mlflow.pytorch.load_model(ref, dst_path=str(tmp_path / "dl"))
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     images, expected = reference(checkpoint)
     with torch.no_grad():
         np.testing.assert_allclose(model(images).numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, TrackingError
+from .model import run_logged_model, tracking_to
 from .store import store_exists
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-MODEL_ARTIFACT = "model"  # the MLflow Model of a distill job's student (tracking/model.py)
+MODEL_ARTIFACT = "model"  # where runs logged before LoggedModels kept the student's MLflow Model
 
 
 def is_mlflow_reference(ref: str) -> bool:
@@ -88,14 +89,16 @@ def model_version_source(ref: str, tracking_uri: str) -> str:
                 raise CheckpointError(f"no versions of registered model {name!r} in {tracking_uri}")
             version = str(max(int(v.version) for v in versions))
     found = client.get_model_version(name, version)
-    if found.run_id and found.source.rstrip("/").endswith(f"/{MODEL_ARTIFACT}"):
+    student = found.model_id or found.source.startswith("models:/") or found.source.rstrip("/").endswith(
+        f"/{MODEL_ARTIFACT}")  # a LoggedModel (sqlite keeps only its models:/MODEL_ID source), or an older Model
+    if found.run_id and student:
         # a registered student Model: its run's checkpoint is what hsakd-ray trains from
         return f"{client.get_run(found.run_id).info.artifact_uri}/{CHECKPOINT_ARTIFACT}"
     return client.get_model_version_download_uri(name, version)
 
 
 def register_checkpoint(run_id: str, name: str, tracking_uri: str) -> str:
-    """Register the run's MLflow Model (a distill job's student) or else its checkpoint (a teacher, which later
+    """Register the run's LoggedModel (a distill job's student) or else its checkpoint (a teacher, which later
     configs reference as ``models:/NAME/VERSION``) as a new version of ``name``; returns ``models:/NAME/VERSION``."""
     from mlflow.tracking import MlflowClient
 
@@ -105,6 +108,11 @@ def register_checkpoint(run_id: str, name: str, tracking_uri: str) -> str:
     except Exception:  # already registered: add a version
         pass
     run = client.get_run(run_id)
+    model_id = run_logged_model(client, run_id)
+    if model_id:
+        with tracking_to(tracking_uri):  # MLflow's registry looks models:/MODEL_ID up in the process's store
+            version = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+        return f"models:/{name}/{version.version}"
     has_model = any(a.path == MODEL_ARTIFACT for a in client.list_artifacts(run_id))
     source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT if has_model else CHECKPOINT_ARTIFACT}"
     version = client.create_model_version(name, source, run_id=run_id)

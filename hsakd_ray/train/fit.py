@@ -105,9 +105,9 @@ def fit_tracked(job: Job, client: MlflowClient, resume: bool, config_path: str |
             print(f"run {name} killed; checkpoints kept in {storage}/{name}; continue with --resume", flush=True)
             raise
         best, kept_epoch = log_job_artifacts(client, run.run_id, job, result)
-        if kind == "distill" and best:  # the student, deployable: an MLflow Model (train/student_model.py)
-            print(f"student model: {log_student_model(client, run.run_id, best)}", flush=True)
         summary = log_top1_summary(client, run.run_id, eval_split(cfg.data))
+        if kind == "distill" and best:  # the student, deployable: a LoggedModel linked to the summary above
+            print(f"student model: {log_student_model(client, run.run_id, best)}", flush=True)
         if cfg.tracking.register_model and best:
             model = register_checkpoint(run.run_id, cfg.tracking.register_model, uri)
             client.set_tag(run.run_id, "hsakd.registered_model", model)
