@@ -107,6 +107,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     sweep = checked_sweep(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume,
                           address=args.address)
+    if args.no_final:
+        sweep.space.tune.final.run = False
     from .tune.experiment import run_sweep  # Ray and MLflow load only once the sweep is known to be runnable
 
     run_sweep(sweep)
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
     tu.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
     tu.add_argument("--resume", metavar="EXPERIMENT_PATH", help="continue an interrupted experiment")
+    tu.add_argument("--no-final", action="store_true",
+                    help="stop at best_config.yaml: no final runs (as tune.final.run: false)")
     tu.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Tune's table, Ray's logs")
     tu.set_defaults(func=cmd_tune)
     cl = sub.add_parser("cluster", help="a local multi-node Ray cluster with an MLflow server (tests, demos)")

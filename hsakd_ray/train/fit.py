@@ -89,6 +89,7 @@ def fit_tracked(job: Job, client: MlflowClient, resume: bool, config_path: str |
     tags = R.base_tags(kind, name)
     tags.update({"hsakd.teacher_source": teacher_source(job), "ray.run_name": name, "ray.storage_path": storage,
                  "hsakd.config_file": str(config_path or "")})
+    tags.update(job.run_tags or {})
     # on an interrupt the controller and its workers stop before the status is final: no epoch after it
     with R.tracked_run(client, cfg.tracking.experiment, name, tags, flatten(config_to_dict(cfg)), resume=resume,
                        on_interrupt=on_interrupt) as run:

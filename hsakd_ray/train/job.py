@@ -38,14 +38,15 @@ def read_start_checkpoint(cfg: Config, kind: str, tracking_uri: str) -> dict[str
 
 
 def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking_uri: str | None = None,
-                resume: bool = False, address: str | None = None) -> dict:
-    """Refuse what cannot run, then run the job on Ray (started here, or the one already up)."""
+                resume: bool = False, address: str | None = None, tags: dict[str, str] | None = None) -> dict:
+    """Refuse what cannot run, then run the job on Ray (started here, or the one already up); ``tags`` go on its MLflow
+    run when it is created."""
     name = run_name(cfg, kind)
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     storage = resolve_storage_path(cfg.ray.storage_path)
     address = address or cfg.ray.address
     check_ray_job(cfg, kind, name, uri, storage, resume, address)
-    job = Job(cfg, kind, name, storage, teacher_files=read_start_checkpoint(cfg, kind, uri))
+    job = Job(cfg, kind, name, storage, teacher_files=read_start_checkpoint(cfg, kind, uri), run_tags=tags)
     prefetch_dataset(cfg.data)  # a download's progress bar on this console, before workers start
     from .fit import run_on_ray  # Ray and MLflow load only once the job is known to be runnable
 

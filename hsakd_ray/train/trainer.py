@@ -25,7 +25,7 @@ class Job:
     ``teacher_files``: the checkpoint the job starts from (a distill job's teacher, a probe's network), as bytes, so
     workers on any node get it through the object store. ``teacher_store``: a sweep's shared teacher outputs
     (engine/teacher_cache.StoreSettings fields). ``start_from``: another run's checkpoint (a PBT donor) used when the
-    run has none of its own."""
+    run has none of its own. ``run_tags``: e.g. a sweep's final run is its parent's child (``mlflow.parentRunId``)."""
 
     cfg: Config
     kind: str
@@ -34,6 +34,7 @@ class Job:
     teacher_files: dict[str, bytes] | None = None
     teacher_store: dict | None = None
     start_from: str | None = None
+    run_tags: dict[str, str] | None = None  # more tags for the MLflow run at its creation (a sweep's final runs)
 
     @property
     def kept_metric(self) -> str | None:

@@ -26,6 +26,7 @@ from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
+from .final_runs import run_final_stage
 from .mlflow_logger import MLflowTrialLogger
 from .preflight import TRIAL, Sweep, checked_sweep, trial_need
 from .resources import trial_resources
@@ -231,6 +232,11 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_i
                                  f"# Run it with: hsakd-ray distill {results_dir / 'best_config.yaml'}\n"
                                  + out.dump_yaml(final_config(space, best_params, final_teacher)))
     client.log_artifact(parent, str(best_yaml))
-    print(f"\nbest config: {best_yaml}\nfinal run:   hsakd-ray distill {best_yaml}", flush=True)
+    by_hand = "" if space.tune.final.run else f"\nfinal run:   hsakd-ray distill {best_yaml}"
+    print(f"\nbest config: {best_yaml}{by_hand}", flush=True)
+    table = (run_final_stage(space, client, parent, best_params, final_teacher, exp_path, results_dir)
+             if space.tune.final.run else None)  # tune/final_runs.py
     print_ui(client, parent, what="sweep")
-    return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows}
+    if table:
+        print("\n" + table, flush=True)  # the console ends with the result a user came for
+    return {"parent_run_id": parent, "best": best, "best_config": str(best_yaml), "rows": rows, "final": table}

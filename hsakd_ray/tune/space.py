@@ -45,6 +45,17 @@ class ResourceSpec:
     gpus_per_worker: float = 0.0
 
 
+FINAL_BASELINES = ("ce", "kd")  # tune.final.baselines: the plain student and classic KD
+
+
+@dataclass
+class FinalSpec:
+    """The final stage after the sweep (tune/final_runs.py): the best config on the whole training set, per seed."""
+    run: bool = True                        # false (or --no-final): stop at best_config.yaml
+    seeds: int = 1                          # runs per method, seeds train.seed, train.seed + 1, ...
+    baselines: list[str] = field(default_factory=list)  # ce, kd: the same student, epochs and seeds
+
+
 @dataclass
 class TuneSpec:
     metric: str | None = None               # default: val/top1 (the carved validation split)
@@ -61,6 +72,7 @@ class TuneSpec:
     share_teacher: str | bool = "auto"      # trials share the frozen teacher's outputs (tune/sharing.py)
     teacher_store_gb: float = 8.0           # disk budget of the shared outputs; past it trials compute their own
     teacher_store_dtype: str = "float32"    # float32: exact; bfloat16: half the bytes, outputs rounded to bf16
+    final: FinalSpec = field(default_factory=FinalSpec)
 
 
 @dataclass
@@ -93,6 +105,8 @@ def _spec_from(cls: type, raw: Any, prefix: str) -> Any:
             value = _spec_from(SchedulerSpec, value, f"{prefix}.scheduler")
         elif key == "resources":
             value = _spec_from(ResourceSpec, value, f"{prefix}.resources")
+        elif key == "final":
+            value = _spec_from(FinalSpec, value, f"{prefix}.final")
         values[key] = value
     return dataclasses.replace(cls(), **values)
 
@@ -245,8 +259,20 @@ def check_sharing(t: TuneSpec) -> None:
                           f"got {t.teacher_store_dtype!r}")
 
 
+def check_final(final: FinalSpec) -> None:
+    if not isinstance(final.run, bool):
+        raise ConfigError(f"tune.final.run must be true or false, got {final.run!r}")
+    if not isinstance(final.seeds, int) or isinstance(final.seeds, bool) or final.seeds < 1:
+        raise ConfigError(f"tune.final.seeds must be an integer >= 1, got {final.seeds!r}")
+    if not isinstance(final.baselines, list) or not set(final.baselines) <= set(FINAL_BASELINES) \
+            or len(set(final.baselines)) != len(final.baselines):
+        raise ConfigError(f"tune.final.baselines must list distinct methods of {', '.join(FINAL_BASELINES)}, "
+                          f"got {final.baselines!r}")
+
+
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
     check_sharing(tune)
+    check_final(tune.final)
     s = tune.scheduler
     if s.type not in SCHEDULERS:
         raise ConfigError(f"tune.scheduler.type {s.type!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
