@@ -1,5 +1,6 @@
 """How much the console shows. By default: hsakd-ray's own lines (a progress line per job epoch, the sweep's table,
-warnings, errors, where results are); Ray's INFO logs, its worker output and MLflow's "View run" lines are off.
+warnings, errors, where results are); Ray's INFO logs, its token-authentication notice, its worker output, MLflow's
+"View run" lines and its "Downloading artifacts" bars are off.
 ``-v`` brings Ray's own output back. Set once by the CLI, read by whoever starts Ray or Tune."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 
 ENV = "HSAKD_RAY_VERBOSE"
+RAY_AUTH_LOGGER = "ray._private.authentication"  # a logger's name (read, never imported)
 
 
 def configure(verbose: bool) -> None:
@@ -17,8 +19,12 @@ def configure(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
         # Tune's new output engine prints its configuration box and paths even at verbose=0; the legacy one is silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # MLflow's "Downloading artifacts" bars (a checkpoint fetched, a model logged) say nothing a person acts on
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # Ray 2.59+ warns at every local start that token authentication is on (or off); -v shows it
+    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def verbose() -> bool:

@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import yaml
 from ray.tune.experiment import Trial
 
 from hsakd_ray import console
@@ -76,12 +77,41 @@ def test_verbosity_switches_ray_logging_and_mlflow_urls(monkeypatch):
         assert not console.verbose() and console.ray_logging_level() == logging.WARNING
         assert logging.getLogger("ray.tune").level == logging.WARNING
         assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # no "Downloading artifacts" bars
+        auth = logging.getLogger(console.RAY_AUTH_LOGGER + ".authentication_token_setup")
+        assert not auth.isEnabledFor(logging.WARNING)  # Ray's token-authentication notice
         console.configure(verbose=True)
         assert console.verbose() and logging.getLogger("ray").level == logging.INFO
+        assert auth.isEnabledFor(logging.WARNING)
     finally:
-        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        for name in ("ray", "ray.tune", "ray.train", "ray.data", console.RAY_AUTH_LOGGER):
             logging.getLogger(name).setLevel(logging.NOTSET)
         os.environ.pop(console.ENV, None)
+        os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+
+
+def test_ray_token_auth_notice_is_logged_where_the_console_silences_it():
+    from ray._private.authentication import authentication_token_setup  # the module whose logger is silenced
+
+    assert authentication_token_setup.logger.name.startswith(console.RAY_AUTH_LOGGER + ".")
+
+
+def test_trial_counter_counts_every_grid_point_num_samples_times(tmp_path):
+    raw = yaml.safe_load(open(os.path.join(ROOT, "search_spaces", "quickstart.yaml")))
+    raw["search"] = {"distill.temperature": {"grid": [1.0, 2.0, 3.0, 4.0]}}
+    raw["tune"].update(num_samples=4, search_alg="grid", scheduler={"type": "fifo"})
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(raw))
+    lines: list[str] = []
+    table = SweepTable(load_space(tmp_path / "grid.yaml"), "val/top1", "max", every=1e9, printer=lines.append)
+    table.setup(stop=None, num_samples=4, total_num_samples=16)
+    assert lines == ["trials: 16 (every point of the 4-point grid, num_samples 4 times each)"]
+    t = trial("g0001", **{"distill.temperature": 1.0})
+    table.on_trial_start(0, [t], t)
+    assert table.render()[0] == "trials: 0/16 done, 1 running"
+    quick: list[str] = []
+    SweepTable(load_space(os.path.join(ROOT, "search_spaces", "quickstart.yaml")), "val/top1", "max",
+               printer=quick.append).setup()
+    assert quick == []  # no grid: num_samples trials, nothing to explain
 
 
 @pytest.mark.parametrize("argv,expected", [(["tune", "s.yaml"], False), (["-v", "tune", "s.yaml"], True),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
-from .space import SearchSpace
+from .space import SearchSpace, trial_count
 
 WIDTH = 120
 
@@ -30,12 +30,18 @@ class SweepTable(Callback):
     def __init__(self, space: SearchSpace, metric: str, mode: str, every: float = 20.0,
                  printer: Callable[[str], None] = print, width: int = WIDTH) -> None:
         self.space, self.metric, self.mode = space, metric, mode
-        self.total, self.samples = space.base.train.epochs, space.tune.num_samples
+        self.total, self.samples = space.base.train.epochs, trial_count(space)
         self.every, self.print, self.width = every, printer, width
         self.trials: dict[str, dict] = {}  # trial id -> {params, status, epoch, last, best}
         self._printed = 0.0
 
     # ---------------------------------------------------------------- Tune hooks (in the Tune driver)
+    def setup(self, **info) -> None:
+        n = self.space.tune.num_samples
+        if self.samples != n:  # say once why the count is not num_samples
+            self.print(f"trials: {self.samples} (every point of the {self.samples // n}-point grid, num_samples {n} "
+                       "times each)")
+
     def _entry(self, trial) -> dict:
         return self.trials.setdefault(trial.trial_id, {"params": dict(trial.config.get("params", {})),
                                                        "status": "PENDING", "epoch": 0, "last": math.nan,

@@ -353,6 +353,14 @@ def trial_config(space: SearchSpace, params: dict[str, Any], cross_checked: bool
     return config_from_dict(raw, cross_checked=cross_checked)
 
 
+def trial_count(space: SearchSpace) -> int:
+    """How many trials Tune runs: with random or grid search every point of the ``grid`` keys' product is sampled
+    ``num_samples`` times (a grid of 4 with ``num_samples: 4`` is 16 trials); a searcher (optuna) runs num_samples."""
+    if space.tune.search_alg == "optuna":
+        return space.tune.num_samples
+    return space.tune.num_samples * math.prod(len(spec["grid"]) for spec in space.search.values() if "grid" in spec)
+
+
 def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | None) -> dict:
     """``best_config.yaml``: the winning values on the base, trained on the whole training set (``val_fraction`` 0,
     so the run evaluates on the test set and keeps its last epoch), with ``teacher_ref`` the final run's teacher
