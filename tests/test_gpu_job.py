@@ -33,7 +33,8 @@ def test_a_gpu_job_trains_in_an_nccl_group_one_gpu_per_worker(tmp_path, monkeypa
     from hsakd_ray.config import config_from_dict
     from hsakd_ray.train import worker
     from hsakd_ray.train.job import run_ray_job
-    from hsakd_ray.train.trainer import Job, build_trainer
+    from hsakd_ray.train.job_spec import Job
+    from hsakd_ray.train.trainer import build_trainer
 
     workers = min(2, torch.cuda.device_count())
     monkeypatch.chdir(tmp_path)
