@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fast path's GPU checks in one go, for a lent GPU machine with PyTorch but without this project's other
 # dependencies: the CUDA tests of tests/test_fast_path.py, then step_throughput.py once per variant (flags as one
-# word each; default: every variant in README's Performance table). Everything is logged to OUT/log.
+# word each; default: every variant in the GPU table of docs/performance.md). Everything is logged to OUT/log.
 #     bash benchmarks/gpu_checks.sh OUT                       # tests + all variants (~8 minutes on an H200)
 #     bash benchmarks/gpu_checks.sh OUT "" "--batch 128"      # tests + the listed variants only
 set -uo pipefail

@@ -120,7 +120,7 @@ def _claim_session() -> None:
 # already in the environment wins. Train V2 starts a preemption watcher actor per worker group (one more process per
 # trial, starting while the trial's first steps run) to report nodes that a cloud provider drains: a local node is
 # never drained. (A controller polling its workers every 0.5 s instead of Ray's 2 s was tried: a killed sweep's
-# trial then lost an epoch's MLflow metrics after --resume; see README, Performance.)
+# trial then lost an epoch's MLflow metrics after --resume.)
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
