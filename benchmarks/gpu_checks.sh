@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a lent GPU machine: the CUDA tests of tests/test_fast_path.py (PyTorch only), a
 # TorchTrainer job on the GPUs over NCCL (tests/test_gpu_job.py, where Ray and MLflow are installed), then
-# step_throughput.py once per variant (flags as one word each; default: every variant in the GPU table of docs/performance.md).
+# step_throughput.py once per variant (flags as one word each; default: every variant in the GPU table of
+# docs/performance.md).
 # Everything is logged to OUT/log.
 #     bash benchmarks/gpu_checks.sh OUT                       # tests + all variants (~8 minutes on an H200)
 #     bash benchmarks/gpu_checks.sh OUT "" "--batch 128"      # tests + the listed variants only
