@@ -136,7 +136,8 @@ def ray_cpu_seconds() -> Counter:
 def run_under_ray_train(cfg: Config, name: str, log: Path) -> dict:
     """The same job as a 1-worker TorchTrainer; epoch times come from the reported metrics, and the CPU seconds each
     kind of Ray process used meanwhile (processes that end during the run are missed: Ray keeps its workers)."""
-    from hsakd_ray.train.trainer import Job, build_trainer, read_checkpoint_files
+    from hsakd_ray.train.job_spec import Job, read_checkpoint_files
+    from hsakd_ray.train.trainer import build_trainer
 
     files = read_checkpoint_files(cfg.teacher.checkpoint)
     trainer = build_trainer(Job(cfg, "distill", name, cfg.ray.storage_path, teacher_files=files), [ReportLog(log)])
@@ -157,7 +158,8 @@ def tune_first_report(cfg: Config, storage: Path) -> dict:
     from ray import tune
 
     from hsakd_ray.config import config_to_dict
-    from hsakd_ray.train.trainer import Job, build_trainer, read_checkpoint_files
+    from hsakd_ray.train.job_spec import Job, read_checkpoint_files
+    from hsakd_ray.train.trainer import build_trainer
 
     cfg_dict = config_to_dict(cfg)
     cfg_dict["train"]["epochs"] = 1

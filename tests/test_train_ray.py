@@ -41,7 +41,8 @@ from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs
 from hsakd_ray.train.compute import KEYS as COMPUTE_KEYS
 from hsakd_ray.train.job import read_start_checkpoint, run_ray_job
-from hsakd_ray.train.trainer import Job, build_trainer
+from hsakd_ray.train.job_spec import Job
+from hsakd_ray.train.trainer import build_trainer
 
 pytestmark = pytest.mark.slow
 

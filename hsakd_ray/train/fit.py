@@ -17,11 +17,12 @@ from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint
 from ..tracking.ui import print_ui
+from .job_spec import Job
 from .preflight import checkpoint_references, job_description, job_need
 from .progress import JobProgress
 from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
 from .student_model import log_student_model
-from .trainer import Job, build_trainer
+from .trainer import build_trainer
 
 
 def kept_checkpoint(result, metric: str | None) -> tuple[str | None, int | None]:

@@ -12,9 +12,9 @@ from ..config import Config, run_name
 from ..distill.methods import method_spec
 from ..tracking.references import resolve_checkpoint
 from ..tracking.store import resolve_tracking_uri
+from .job_spec import Job, read_checkpoint_files
 from .prefetch import prefetch_dataset
 from .preflight import check_ray_job, checkpoint_references, resolve_storage_path
-from .trainer import Job, read_checkpoint_files
 
 
 def read_start_checkpoint(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:

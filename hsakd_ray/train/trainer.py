@@ -2,14 +2,11 @@
 group (gloo on CPUs, NCCL on CUDA GPUs); ``worker.train_loop_per_worker`` is what every worker runs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ..config import Config, config_to_dict
-from ..engine.selection import kept_metric
+from .job_spec import Job
 
 # Worker groups that fail to start (a placement group not granted within Ray's startup timeout,
 # RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) are retried this many times, then the job fails with
@@ -17,34 +14,11 @@ from ..engine.selection import kept_metric
 STARTUP_RETRIES = 4
 
 
-@dataclass(frozen=True)
-class Job:
-    """What one Train job needs, resolved once by its driver (``hsakd-ray teacher|distill|probe``, or a Tune trial).
-
-    ``name``: the Train run (under ``storage``) and the MLflow run; the same name again resumes it.
-    ``teacher_files``: the checkpoint the job starts from (a distill job's teacher, a probe's network), as bytes, so
-    workers on any node get it through the object store. ``teacher_store``: a sweep's shared teacher outputs
-    (engine/teacher_cache.StoreSettings fields). ``start_from``: another run's checkpoint (a PBT donor) used when the
-    run has none of its own. ``run_tags``: e.g. a sweep's final run is its parent's child (``mlflow.parentRunId``)."""
-
-    cfg: Config
-    kind: str
-    name: str
-    storage: str
-    teacher_files: dict[str, bytes] | None = None
-    teacher_store: dict | None = None
-    start_from: str | None = None
-    run_tags: dict[str, str] | None = None  # more tags for the MLflow run at its creation (a sweep's final runs)
-
-    @property
-    def kept_metric(self) -> str | None:
-        """The metric whose best epoch is the kept checkpoint (None: the last epoch); engine/selection.py."""
-        return kept_metric(self.cfg, self.kind)
-
-
 def checkpoint_config(cfg: Config, kind: str) -> CheckpointConfig:
     """One checkpoint kept besides the latest: the best by the job's kept metric when it names a validation metric;
     else only the latest (the last epoch), so the test set never chooses a checkpoint."""
+    from ..engine.selection import kept_metric  # loads the data registry: only when a trainer is built
+
     metric = kept_metric(cfg, kind)
     if metric is None:
         return CheckpointConfig(num_to_keep=1)
@@ -78,8 +52,3 @@ def build_trainer(job: Job, callbacks: list | None = None) -> TorchTrainer:
         scaling_config=scaling_config(cfg),
         run_config=run_config,
     )
-
-
-def read_checkpoint_files(path: str) -> dict[str, bytes]:
-    """A checkpoint directory's files, to ship to workers on any node through the object store."""
-    return {p.name: p.read_bytes() for p in Path(path).iterdir() if p.is_file() and p.name != "train_state.pt"}

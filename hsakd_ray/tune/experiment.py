@@ -19,10 +19,10 @@ from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.job_spec import read_checkpoint_files
 from ..train.prefetch import prefetch_dataset
 from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
-from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher

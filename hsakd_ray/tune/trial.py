@@ -16,8 +16,9 @@ from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.queue import Queue
 
+from ..train.job_spec import Job
 from ..train.threaded_fit import fit_in_thread
-from ..train.trainer import Job, build_trainer
+from ..train.trainer import build_trainer
 from .resources import trial_resources
 from .space import SearchSpace, trial_config
 
