@@ -38,7 +38,7 @@ TINY_SPACE = {
                            "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}}},
     "search": {"distill.temperature": {"choice": [2.0, 4.0]}},
     "tune": {"num_samples": 2, "scheduler": {"type": "fifo"},
-             "resources": {"num_workers": 1, "cpus_per_worker": 0.9}},
+             "resources": {"num_workers": 1, "cpus_per_worker": 0.9}, "final": {"run": False}},
 }
 
 

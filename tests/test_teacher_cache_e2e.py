@@ -22,7 +22,7 @@ def test_a_sweep_shares_teacher_outputs_and_mlflow_says_how_much(tmp_path):
         "search": {"student.aux_stages": {"grid": [[1, 2, 3], [3]]}},
         "tune": {"name": "shared", "max_concurrent_trials": 1, "search_alg": "grid",
                  # 2 DDP workers: with the trial's driver (0.05 CPU) they fit 2 CPUs under 1 CPU each
-                 "resources": {"num_workers": 2, "cpus_per_worker": 0.9}},
+                 "resources": {"num_workers": 2, "cpus_per_worker": 0.9}, "final": {"run": False}},
     }
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(raw))

@@ -1,7 +1,8 @@
 """``hsakd-ray tune`` end to end on a real local Ray cluster with a real sqlite MLflow store: the shipped
 quickstart (teacher trained once, one parent run, one child run per trial, statuses, artifacts, no orphan Train
-workers after ASHA stops trials), resume after the driver is killed, and the final run's teacher (trained once on
-the whole training set after the sweep, reused by a second call)."""
+workers after ASHA stops trials), resume after the driver is killed, the final run's teacher (trained once on
+the whole training set after the sweep, reused by a second call) and the final stage (the best config and the ce
+baseline as final children of the parent, the results table, the students as LoggedModels)."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -101,7 +103,41 @@ def test_quickstart_end_to_end(tmp_path):
     with open(results / "trials.csv") as f:
         assert len(list(csv.DictReader(f))) == len(children)
     assert "Top trials by val/top1" in log and "best config:" in log
+    assert parent.data.metrics["best_val/top1"] == best_top1(client, best_child)  # the runs table sorts sweeps
+    assert_final_stage(client, log, parent, runs["distill"], final_ref, results)
     assert not wait_for_no_processes(exclude=server_pids()), "the experiment left processes behind"
+
+
+def assert_final_stage(client: MlflowClient, log: str, parent, finals: list, final_ref: str, results: Path) -> None:
+    """The quickstart's final stage (tune.final: 1 seed, ce baseline): two children of the parent tagged final, each
+    scored on the test set with its student a LoggedModel linked to its test metrics; the table of their own metrics
+    in results.md, the parent's description and the console's last lines."""
+    import mlflow
+
+    assert sorted((r.data.tags["hsakd.final_method"], r.data.tags["hsakd.final_seed"]) for r in finals) == \
+        [("ce", "0"), ("hsakd", "0")]
+    by_method = {r.data.tags["hsakd.final_method"]: r for r in finals}
+    for run in finals:
+        assert run.info.status == "FINISHED" and run.data.tags["hsakd.final"] == "true"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["data.val_fraction"] == "0.0" and "val/top1" not in run.data.metrics
+    assert by_method["hsakd"].data.params["teacher.checkpoint"] == final_ref
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": client.tracking_uri}):
+        models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
+    by_run = {m.source_run_id: m for m in models}
+    for run in finals:
+        linked = {m.key: m.value for m in by_run[run.info.run_id].metrics}
+        assert linked["test/top1_last"] == run.data.metrics["test/top1_last"]
+        assert linked["test/top1_best_epoch"] == run.data.metrics["test/top1_best_epoch"]
+    table = (results / "results.md").read_text()
+    assert client.get_run(parent.info.run_id).data.tags["mlflow.note.content"] == table
+    assert "results.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for method, run in by_method.items():  # one seed: the mean is the run's own figure, the std 0
+        m = run.data.metrics
+        assert f"| {method} | 1 (0) | {m['test/top1_last']:.2f} ± 0.00 | {m['test/top1_best_epoch']:.2f} ± 0.00 |" \
+            in table
+    assert log.rstrip().endswith(table.rstrip().splitlines()[-1])  # the console ends with the table
+    assert "Downloading artifacts" not in log
 
 
 def hit_fractions(client: MlflowClient, run) -> dict[int, float]:
@@ -167,7 +203,8 @@ def tiny_space(tmp_path: Path, epochs: int = 3) -> Path:
                                "scaling": {"num_workers": 1, "cpus_per_worker": 2}}},
         "search": {"distill.temperature": {"grid": [2.0, 4.0]}},
         "tune": {"name": "resume", "max_concurrent_trials": 1, "search_alg": "grid",
-                 "resources": {"num_workers": 1, "cpus_per_worker": 1}},
+                 "resources": {"num_workers": 1, "cpus_per_worker": 1},
+                 "final": {"run": False}},  # the final stage: test_quickstart_end_to_end
     }
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -290,7 +327,7 @@ def test_pbt_exploits_a_donor_checkpoint_and_keeps_one_gapless_run_per_trial(tmp
     raw["base"]["tracking"]["experiment"] = "pbt"
     raw["search"] = {"optim.lr": {"grid": [1.0e-5, 0.1]}}
     # each trial is its driver (0.05 CPU) plus its worker: two side by side fit 2 CPUs only with workers under 1 CPU
-    raw["tune"] = {"name": "pbt", "max_concurrent_trials": 2, "search_alg": "grid",
+    raw["tune"] = {"name": "pbt", "max_concurrent_trials": 2, "search_alg": "grid", "final": {"run": False},
                    "resources": {"num_workers": 1, "cpus_per_worker": 0.5},
                    "scheduler": {"type": "pbt", "perturbation_interval": 1,
                                  "hyperparam_mutations": {"optim.lr": {"loguniform": [0.01, 0.2]}}}}
@@ -374,7 +411,7 @@ def small_space(tmp_path: Path, name: str, search: dict, teacher: str | None = N
                  "tracking": {"experiment": name}},
         "search": search,
         "tune": {"name": name, "max_concurrent_trials": 1, "resources": {"num_workers": 1, "cpus_per_worker": 1},
-                 **tune_keys},
+                 "final": {"run": False}, **tune_keys},
     }
     if teacher is not None:
         raw["base"]["distill"]["method"] = "kd"
