@@ -212,7 +212,8 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         adopt_base_lr(optimizer, scheduler, cfg.optim.lr)
         set_rng_state(state["rng"])
     task.wrap(rt.wrap)
-    provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads)
+    provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads,
+                              setup.compile.value)
     if provider is not None:
         task.share_teacher(provider)  # the teacher outputs the steps get: shared by the sweep's trials
         setup.overlap = None  # most batches are a file read: a look-ahead thread would only take the student's cores

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from ..config import config_to_dict, flatten
+from ..engine.teacher_cache import WARNING_KEY
 from ..tracking import runs as R
 from ..tracking.epoch_logger import FAST_PATH_TAGS, backfill_epochs
 from .sharing import SharingTally, logged_sharing
@@ -21,6 +22,7 @@ from .space import SearchSpace, trial_config
 EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
 
 TRIAL_TAG = "hsakd.trial_id"
+STORE_WARNING_TAG = "hsakd.teacher_store_warning"  # what the shared teacher store warned a trial's rank 0 about
 # result key -> run tag: the node rank 0 ran on, and the precision / compile mode its fast path resolved to
 NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip", **FAST_PATH_TAGS}
 
@@ -37,6 +39,7 @@ class MLflowTrialLogger(Callback):
         self.closed: set[str] = set()  # trials whose run has its final status
         self._client: MlflowClient | None = None
         self.sharing = SharingTally()  # teacher outputs each trial read from the sweep's store
+        self.store_warnings: dict[str, list[str]] = {}  # trial id -> the store's warnings, each printed once
 
     @property
     def client(self) -> MlflowClient:
@@ -84,6 +87,7 @@ class MLflowTrialLogger(Callback):
             return
         run_id, epoch = self.run_id(trial), int(result["epoch"])
         self._tag_node(run_id, trial.trial_id, result)
+        self._note_store_warnings(run_id, trial.trial_id, result.get(WARNING_KEY))
         self.sharing.add(trial.trial_id, result)
         self.last_epoch[trial.trial_id] = epoch
         if epoch in self.logged[trial.trial_id]:
@@ -105,6 +109,18 @@ class MLflowTrialLogger(Callback):
             for tag, value in node.items():
                 self.client.set_tag(run_id, tag, value)
             self.nodes[trial_id] = node
+
+    def _note_store_warnings(self, run_id: str, trial_id: str, said: str | None) -> None:
+        """Print each new warning of the trial's teacher store on the console, once, and tag the run with them all
+        (a worker reports every warning so far with each epoch)."""
+        seen = self.store_warnings.setdefault(trial_id, [])
+        new = [m for m in (said or "").splitlines() if m and m not in seen]
+        if not new:
+            return
+        for message in new:
+            print(f"trial {trial_id}: {message}", flush=True)
+        seen.extend(new)
+        self.client.set_tag(run_id, STORE_WARNING_TAG, "\n".join(seen)[:5000])
 
     def _tag_sharing(self, run_id: str, trial_id: str) -> None:
         hits, steps = self.sharing.trial(trial_id)
