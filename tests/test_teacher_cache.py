@@ -389,19 +389,26 @@ def test_stream_key_bug_precision_compile_mode_channels_last_and_device_kind_eac
     assert key(tiny("data.loader_workers=3")) == base
 
 
-DEVICE_KIND = ("import torch; from hsakd_ray.engine.teacher_cache import device_kind; "
-               "print(device_kind(torch.device('cpu')))")
+CPU_KEY = """
+import torch
+from hsakd_ray.config import apply_overrides, config_from_dict
+from hsakd_ray.engine.teacher_cache import stream_key, stream_parts
+cfg = config_from_dict(apply_overrides({"data": {"name": "synthetic"}}, []))
+print(stream_key(torch.nn.Identity(), stream_parts(cfg, 0, 1, torch.device("cpu"), None)))
+"""
 
 
-def test_stream_key_bug_the_cpu_instruction_set_is_part_of_the_device_kind():
-    """Nodes whose CPUs dispatch to other kernels (AVX-512 vs AVX2) compute other teacher outputs: another stream.
-    ``ATEN_CPU_CAPABILITY`` makes torch dispatch as a lesser CPU would."""
-    here = device_kind(torch.device("cpu"))
+def test_stream_key_bug_the_cpus_instruction_set_changes_the_stream():
+    """Nodes whose CPUs dispatch to other kernels (AVX-512 vs AVX2 vs none) compute other teacher outputs: another
+    stream. ``ATEN_CPU_CAPABILITY=default`` makes torch dispatch as a CPU without vector instructions would."""
     if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX"):
         pytest.skip("this CPU has no vector instruction set for torch to dispatch to")
-    lesser = subprocess.run([sys.executable, "-c", DEVICE_KIND], capture_output=True, text=True, check=True,
+    here = stream_key(torch.nn.Identity(), stream_parts(config_from_dict({"data": {"name": "synthetic"}}), 0, 1,
+                                                        torch.device("cpu"), None))
+    lesser = subprocess.run([sys.executable, "-c", CPU_KEY], capture_output=True, text=True, check=True,
                             env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout.strip()
-    assert here.startswith("cpu ") and lesser.startswith("cpu ") and here != lesser
+    assert len(lesser) == len(here) and lesser != here
+    assert device_kind(torch.device("cpu")) == f"cpu {torch.backends.cpu.get_cpu_capability()}"
 
 
 def test_stream_key_bug_trials_differing_only_in_precision_train_exactly_as_alone(teacher_dir, tmp_path):
