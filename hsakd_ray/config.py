@@ -121,9 +121,9 @@ class TrainConfig:
     output_dir: str = "./outputs"          # where runs write checkpoints
     checkpoint_every: int = field(default=1, metadata=_range(1))
     channels_last: bool = True             # fast path: NHWC memory format (faster convs on GPU and AVX-512 CPUs)
-    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (engine/fastpath.py)
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (engine/precision.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # auto: torch.compile on CUDA when the job has enough steps to repay compiling (engine/fastpath.py), else eager
+    # auto: torch.compile on CUDA when the job has enough steps to repay compiling (engine/compiling.py), else eager
     compile: bool | Literal["auto"] = "auto"
     # torch.compile's mode when compiling; auto: reduce-overhead (CUDA graphs) on CUDA, default on CPU
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"

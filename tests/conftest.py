@@ -19,7 +19,7 @@ import yaml
 
 from hsakd_ray import proc
 from hsakd_ray.cluster.local import free_port
-from hsakd_ray.proc import alive
+from hsakd_ray.process_marks import alive
 
 SESSION_MARK = "HSAKD_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)

@@ -182,7 +182,7 @@ def test_more_cpus_than_the_machine_has_is_refused_before_ray_in_a_subprocess(cw
 
 
 def test_more_workers_than_cpus_is_refused(cwd, capsys):
-    from hsakd_ray.train.preflight import cpu_count
+    from hsakd_ray.train.job_checks import cpu_count
 
     workers = int(cpu_count()) + 1
     err = refused(capsys, ["teacher", TEACHER, "--set", f"scaling.num_workers={workers}",
@@ -265,7 +265,7 @@ def test_tune_preflight_bug_a_bad_base_data_section_is_refused_before_ray_when_t
     (["--set", "scaling.cpus_per_worker=4096"], "needs 4096 CPUs"),
 ])
 def test_tune_refusals_come_before_ray_and_mlflow_are_imported(cwd, extra, message):
-    """`hsakd-ray tune` checks the space, tracking URI, storage and resources first (tune/preflight.py): a refusal
+    """`hsakd-ray tune` checks the space, tracking URI, storage and resources first (tune/sweep_checks.py): a refusal
     imports neither Ray nor MLflow, so it takes the seconds of the checks, not of those imports."""
     space = str(REPO / "search_spaces" / "quickstart.yaml")
     if "scaling.cpus_per_worker=4096" in extra:  # the space's own tune.resources ask it

@@ -9,9 +9,9 @@ import pytest
 from ray.tune.experiment import Trial
 
 from hsakd_ray import console
-from hsakd_ray.train.progress import format_duration, progress_line
-from hsakd_ray.tune.console import SweepTable
+from hsakd_ray.train.epoch_lines import format_duration, progress_line
 from hsakd_ray.tune.space import load_space
+from hsakd_ray.tune.sweep_table import SweepTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ..config import ConfigError, config_from_dict
-from ..console import verbose
 from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..engine.selection import kept_metric
@@ -19,19 +18,20 @@ from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.job_checks import resolve_storage_path
 from ..train.job_spec import read_checkpoint_files
 from ..train.prefetch import prefetch_dataset
-from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
+from ..verbosity import verbose
 from . import results as out
-from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
-from .preflight import TRIAL, Sweep, checked_sweep, trial_need
 from .resources import trial_resources
-from .searchers import build_scheduler, build_search_alg, param_space
+from .searchers import build_search_alg, build_trial_scheduler, param_space
 from .sharing import sharing_settings
 from .space import SearchSpace, check_placement, distribution_values, final_config
+from .sweep_checks import TRIAL, Sweep, checked_sweep, trial_need
+from .sweep_table import SweepTable
 from .trial import default_concurrency, run_trial
 
 
@@ -49,7 +49,7 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
         check_placement(cfg, teacher_stages, where)
 
 
-def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
+def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
                     resume: bool) -> tuple[str | None, dict[str, bytes] | None]:
     """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files)."""
     if not method_spec(space.base.distill.method).needs_teacher:
@@ -126,7 +126,7 @@ def run_sweep(sweep: Sweep) -> dict:
 
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
-    teacher_ref, teacher_files = prepare_teacher(space, uri, client, experiment_id, bool(resume))
+    teacher_ref, teacher_files = tuning_teacher(space, uri, client, experiment_id, bool(resume))
     metric, mode = tuning_metric(space), space.tune.mode
     tags = R.base_tags("tune", space.name)
     tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": exp_path,
@@ -170,14 +170,14 @@ def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: 
                                   param_space=param_space(space))
     run_config = tune.RunConfig(name=space.name, storage_path=storage,
                                 callbacks=[logger, SweepTable(space, metric, mode)],
-                                verbose=None if verbose() else 0,  # our table (tune/console.py); -v: Tune's own
+                                verbose=None if verbose() else 0,  # our table (tune/sweep_table.py); -v: Tune's own
                                 failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))
     concurrency = space.tune.max_concurrent_trials or default_concurrency(space)
     return tune.Tuner(
         trainable, param_space=param_space(space), run_config=run_config,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, num_samples=space.tune.num_samples,
-            scheduler=build_scheduler(space), search_alg=build_search_alg(space, concurrency),
+            scheduler=build_trial_scheduler(space), search_alg=build_search_alg(space, concurrency),
             time_budget_s=space.tune.time_budget_s),
     )
 

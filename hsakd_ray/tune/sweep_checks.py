@@ -11,7 +11,7 @@ from ..config import ConfigError
 from ..data.checks import check_data
 from ..tracking.references import check_reference
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
-from ..train.preflight import (
+from ..train.job_checks import (
     check_local_resources,
     check_storage_path,
     job_description,
