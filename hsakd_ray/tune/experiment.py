@@ -116,7 +116,16 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
 
 
 def run_sweep(sweep: Sweep) -> dict:
-    """A sweep that passed ``checked_sweep``: start or join Ray, train or resolve the teacher, tune, summarise."""
+    """A sweep that passed ``checked_sweep``: start or join Ray, train or resolve the teacher, tune, summarise; the
+    experiment's lock is released however it ends."""
+    try:
+        return _run_sweep(sweep)
+    finally:
+        if sweep.lock is not None:
+            sweep.lock.release()
+
+
+def _run_sweep(sweep: Sweep) -> dict:
     space, space_path, uri, storage = sweep.space, sweep.space_path, sweep.uri, sweep.storage
     exp_path, resume, address = sweep.exp_path, sweep.resume, sweep.address
     prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts

@@ -19,6 +19,7 @@ from ..train.preflight import (
     resolve_storage_path,
     worker_group_need,
 )
+from .lock import ExperimentLock, hold_experiment
 from .resources import trial_resources
 from .space import SearchSpace, load_space
 
@@ -36,6 +37,7 @@ class Sweep:
     exp_path: str
     resume: str | None
     address: str | None
+    lock: ExperimentLock | None = None  # held from the checks to the sweep's end: one sweep per experiment
 
 
 def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:
@@ -89,5 +91,11 @@ def checked_sweep(space_path: str, overrides: list[str] = (), tracking_uri: str 
     storage = resolve_storage_path(space.base.ray.storage_path)
     exp_path = experiment_path(space, storage, resume)
     address = address or space.base.ray.address
-    check_experiment(space, uri, storage, exp_path, resume, address)
-    return Sweep(space, space_path, uri, storage, exp_path, resume, address)
+    lock = hold_experiment(exp_path, space.name)  # before the tracking store is opened: a second sweep stops here
+    try:
+        check_experiment(space, uri, storage, exp_path, resume, address)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Sweep(space, space_path, uri, storage, exp_path, resume, address, lock)
