@@ -28,7 +28,7 @@ from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
 from .mlflow_logger import MLflowTrialLogger
-from .preflight import TRIAL, Sweep, checked_sweep, trial_need
+from .preflight import TRIAL, Sweep, checked_sweep, record_space, trial_need
 from .resources import trial_resources
 from .searchers import build_scheduler, build_search_alg, param_space
 from .sharing import sharing_settings
@@ -152,6 +152,7 @@ def _run_sweep(sweep: Sweep) -> dict:
         logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
         tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode,
                             bool(resume))
+        record_space(space, exp_path)
         with SweepInterrupt() as interrupt:
             try:
                 stamps.stamp("tuner_fit", label=space.name)

@@ -17,6 +17,7 @@ from ..config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    flatten,
     read_yaml,
     set_dotted,
 )
@@ -351,3 +352,29 @@ def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | 
         raw["teacher"]["checkpoint"] = teacher_ref
     raw["tracking"]["run_name"] = None
     return raw
+
+
+# Keys a --resume may change: where Ray runs, how many rows the table prints. Everything else shapes the trials.
+RESUMABLE_CHANGES = ("ray.address", "tune.top_k")
+
+
+def space_snapshot(space: SearchSpace) -> dict[str, Any]:
+    """The resolved space (base config with its --set overrides, teacher, search, tune) as flat dotted keys: what
+    an experiment started with, compared on ``--resume``."""
+    flat: dict[str, Any] = dict(flatten(config_to_dict(space.base)))
+    if space.teacher_config is not None:
+        flat.update(flatten(config_to_dict(space.teacher_config), "teacher.config"))
+    flat["teacher.checkpoint"] = space.teacher_ref
+    flat["teacher.final_checkpoint"] = space.final_teacher_ref
+    flat.update({f"search.{key}": spec for key, spec in space.search.items()})
+    flat.update(flatten(dataclasses.asdict(space.tune), "tune"))
+    flat.pop("tune.name", None)  # the experiment's name is where the snapshot lives
+    return flat
+
+
+def changed_keys(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two snapshots (added or removed ones included), in order."""
+    keys = list(dict.fromkeys([*stored, *now]))
+    missing = object()
+    return [k for k in keys if k.removeprefix("teacher.config.") not in RESUMABLE_CHANGES
+            and stored.get(k, missing) != now.get(k, missing)]
