@@ -89,11 +89,14 @@ class ExperimentLock:
         self.path = path
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._created: list[Path] = []
 
     def acquire(self, name: str) -> ExperimentLock:
         me = Holder(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     process_start(os.getpid()))
+        missing = [d for d in [self.path.parent, *self.path.parent.parents] if not d.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # removed again by release when left empty (a refused sweep leaves nothing)
         for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -146,6 +149,11 @@ class ExperimentLock:
         holder = read_holder(self.path)
         if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
             self.path.unlink(missing_ok=True)
+        for directory in self._created:  # deepest first; stops at the first that holds something
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
 
 def hold_experiment(exp_path: str, name: str) -> ExperimentLock | None:
