@@ -10,7 +10,6 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from .. import stamps
 from ..config import ConfigError, config_from_dict
 from ..console import verbose
 from ..distill.methods import method_spec
@@ -20,10 +19,10 @@ from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.job_spec import read_checkpoint_files
 from ..train.prefetch import prefetch_dataset
 from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
-from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
@@ -155,7 +154,6 @@ def _run_sweep(sweep: Sweep) -> dict:
         record_space(space, exp_path)
         with SweepInterrupt() as interrupt:
             try:
-                stamps.stamp("tuner_fit", label=space.name)
                 grid = tuner.fit()
             except KeyboardInterrupt:
                 logger.close_unfinished()
@@ -168,21 +166,13 @@ def _run_sweep(sweep: Sweep) -> dict:
         return summarise(space, grid, client, parent.run_id, teacher_ref, Path(exp_path), metric, mode)
 
 
-def trials_kept_metric(space: SearchSpace) -> str | None | bool:
-    """The metric choosing every trial's kept checkpoint, worked out here so a trial's process need not import the
-    engine for it; ``True`` (each trial works it out) when a searched key could change it (the data's split)."""
-    if any(key.startswith("data.") for key in space.search):
-        return True
-    return kept_metric(space.base, "distill")
-
-
 def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
                 train_storage: str, logger: MLflowTrialLogger, metric: str, mode: str, resume: bool) -> tune.Tuner:
     """The Tuner for a new sweep, or the restored one; every trial gets the shared teacher outputs' settings."""
     teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
-                             teacher_store=teacher_store, kept=trials_kept_metric(space)),
+                             teacher_store=teacher_store),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,

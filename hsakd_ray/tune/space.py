@@ -231,6 +231,21 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
                        search=search, tune=tune, final_teacher_ref=final_ref)
 
 
+SHARE_VALUES = ("auto", True, False)  # tune.share_teacher (sharing.py)
+STORE_DTYPES = ("float32", "bfloat16")  # tune.teacher_store_dtype
+
+
+def check_sharing(t: TuneSpec) -> None:
+    if t.share_teacher not in SHARE_VALUES:
+        raise ConfigError(f"tune.share_teacher must be auto, true or false, got {t.share_teacher!r}")
+    if not isinstance(t.teacher_store_gb, (int, float)) or isinstance(t.teacher_store_gb, bool) \
+            or t.teacher_store_gb < 0:
+        raise ConfigError(f"tune.teacher_store_gb must be a number >= 0, got {t.teacher_store_gb!r}")
+    if t.teacher_store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"tune.teacher_store_dtype must be one of {', '.join(STORE_DTYPES)}, "
+                          f"got {t.teacher_store_dtype!r}")
+
+
 def check_number(value: Any, key: str, lo: float, *, integer: bool = False, lo_open: bool = False,
                  optional: bool = False) -> None:
     """``value`` is a number (an integer with ``integer``) >= ``lo`` (> with ``lo_open``), or None if ``optional``."""
@@ -262,8 +277,6 @@ def _check_numbers(tune: TuneSpec) -> None:
 
 
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
-    from .sharing import check_sharing  # sharing.py reads TuneSpec
-
     _check_numbers(tune)
     check_sharing(tune)
     s = tune.scheduler

@@ -8,16 +8,16 @@ PBT restarts from a donor starts a new Train run from that checkpoint.
 from __future__ import annotations
 
 import hashlib
-import threading
 from typing import Any
 
 import ray
 from ray import tune
 from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.util.queue import Empty, Queue
+from ray.util.queue import Queue
 
-from .. import stamps
+from ..train.job_spec import Job
+from ..train.threaded_fit import fit_in_thread
 from ..train.trainer import build_trainer
 from .resources import trial_resources
 from .space import SearchSpace, trial_config
@@ -33,27 +33,9 @@ class _CheckpointForwarder(UserCallback):
         self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
 
 
-def _fit_reporting_checkpoints(make_trainer) -> None:
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer([_CheckpointForwarder(queue)])
-    failure: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as exc:  # re-raised in the trial thread below
-            failure.append(exc)
-
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    while thread.is_alive() or not queue.empty():
-        try:
-            metrics, path = queue.get(timeout=0.5)
-        except Empty:
-            continue
-        tune.report(metrics, checkpoint=Checkpoint(path) if path else None)
-    if failure:
-        raise failure[0]
+def report_to_tune(item: tuple[dict, str | None]) -> None:
+    metrics, path = item
+    tune.report(metrics, checkpoint=Checkpoint(path) if path else None)
 
 
 def restart_run_name(trial_id: str, donor_path: str) -> str:
@@ -63,31 +45,25 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
 
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True) -> None:
-    """One trial: its config from the sampled ``params``, then a Train fit. ``kept``: the metric choosing its
-    kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config)."""
-    ctx = tune.get_context()
-    name = f"{ctx.get_trial_id()}"
-    if stamps.enabled():
-        stamps.set_label(name)
-        stamps.stamp("trial_process", t=stamps.process_started())
-        stamps.stamp("trial_fn")
+              train_storage: str, teacher_store: dict | None = None) -> None:
+    """One trial: its config from the sampled ``params``, then a Train fit named after the trial."""
+    name = tune.get_context().get_trial_id()
     cfg = trial_config(space, config["params"], cross_checked=False)  # checked whole by the Train worker
     pbt = space.tune.scheduler.type == "pbt"
     donor = tune.get_checkpoint() if pbt else None
     start_from = donor.path if donor is not None else None
     if start_from is not None:
         name = restart_run_name(name, start_from)
-
-    def make_trainer(callbacks: list) -> Any:
-        return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from,
-                             teacher_store=teacher_store, kept=kept)
-
-    stamps.stamp("trainer_fit")
-    if pbt:
-        _fit_reporting_checkpoints(make_trainer)
-    else:
-        make_trainer([TuneReportCallback()]).fit()
+    job = Job(cfg, "distill", name, train_storage, teacher_files=teacher_files, teacher_store=teacher_store,
+              start_from=start_from)
+    if not pbt:
+        build_trainer(job, [TuneReportCallback()]).fit()
+        return
+    queue = Queue(actor_options={"num_cpus": 0})
+    try:
+        fit_in_thread(build_trainer(job, [_CheckpointForwarder(queue)]), queue, report_to_tune)
+    finally:
+        queue.shutdown()
 
 
 def default_concurrency(space: SearchSpace, resources: dict | None = None) -> int:
