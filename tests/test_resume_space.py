@@ -10,7 +10,7 @@ import yaml
 
 from hsakd_ray.cli import main
 from hsakd_ray.tune.preflight import SNAPSHOT, record_space
-from hsakd_ray.tune.space import load_space
+from hsakd_ray.tune.space import load_space, space_snapshot
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
 
@@ -35,7 +35,7 @@ def started(tmp_path):
     raw["tune"]["name"] = "sweep"
     space = write(tmp_path / "space.yaml", raw)
     exp = tmp_path / "ray_results" / "sweep"
-    record_space(load_space(space), str(exp))  # what the sweep keeps when it starts tuning
+    record_space(space_snapshot(load_space(space)), "sweep", str(exp))  # what the sweep keeps when tuning starts
     (exp / "tuner.pkl").write_bytes(b"")  # what Tune's Tuner.can_restore looks for
     return space, raw, exp
 

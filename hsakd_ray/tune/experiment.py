@@ -31,7 +31,7 @@ from .preflight import TRIAL, Sweep, checked_sweep, record_space, trial_need
 from .resources import trial_resources
 from .searchers import build_scheduler, build_search_alg, param_space
 from .sharing import sharing_settings
-from .space import SearchSpace, check_placement, distribution_values, final_config
+from .space import SearchSpace, check_placement, distribution_values, final_config, space_snapshot
 from .trial import default_concurrency, run_trial
 
 
@@ -127,6 +127,7 @@ def run_sweep(sweep: Sweep) -> dict:
 def _run_sweep(sweep: Sweep) -> dict:
     space, space_path, uri, storage = sweep.space, sweep.space_path, sweep.uri, sweep.storage
     exp_path, resume, address = sweep.exp_path, sweep.resume, sweep.address
+    started_with = space_snapshot(space)  # before prepare_teacher names the teacher's run in its config
     prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts
     _, client = init_ray_beside(address, lambda: MlflowClient(uri))
     check_cluster_paths(storage, uri, address)
@@ -151,7 +152,7 @@ def _run_sweep(sweep: Sweep) -> dict:
         logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
         tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode,
                             bool(resume))
-        record_space(space, exp_path)
+        record_space(started_with, space.name, exp_path)
         with SweepInterrupt() as interrupt:
             try:
                 grid = tuner.fit()

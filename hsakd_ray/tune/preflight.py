@@ -92,16 +92,17 @@ def _snapshot_file(exp_path: str) -> Path | None:
     return None if urlparse(exp_path).scheme not in ("", "file") else Path(exp_path) / SNAPSHOT
 
 
-def record_space(space: SearchSpace, exp_path: str) -> None:
-    """Keep the resolved space in the experiment directory (atomically), for ``--resume`` to compare against."""
+def record_space(snapshot: dict, name: str, exp_path: str) -> None:
+    """Keep the resolved space (``space_snapshot``, taken before the sweep's steps fill in the teacher's run name)
+    in the experiment directory, atomically, for ``--resume`` to compare against."""
     path = _snapshot_file(exp_path)
     if path is None or path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        f.write(f"# the resolved space of experiment {space.name!r}: --resume refuses another\n")
-        yaml.safe_dump(space_snapshot(space), f, sort_keys=False)
+        f.write(f"# the resolved space of experiment {name!r}: --resume refuses another\n")
+        yaml.safe_dump(snapshot, f, sort_keys=False)
     os.replace(tmp, path)
 
 
