@@ -60,7 +60,8 @@ class SweepTable(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         entry = self._entry(trial)
-        recorded = self.history(trial.trial_id, self.metric) if self.history and entry["epoch"] < self.total else []
+        history = getattr(self, "history", None)  # None in a table pickled by an older version (Tuner.restore)
+        recorded = history(trial.trial_id, self.metric) if history and entry["epoch"] < self.total else []
         if recorded and recorded[-1][0] > entry["epoch"]:  # epochs reported before a --resume, or checkpointed
             values = [v for _, v in recorded]  # during the interrupt: the trial's true state is its MLflow run's
             entry.update(epoch=int(recorded[-1][0]), last=values[-1],
