@@ -59,7 +59,7 @@ def cmd_job(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .config import apply_overrides, config_from_dict, read_yaml
+    from .config import apply_overrides, check_network_unchanged, config_from_dict, read_yaml
     from .data import build_datasets
     from .engine import load_network, read_meta, resolve_device
     from .engine.loop import evaluate
@@ -69,7 +69,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     ckpt = Path(args.checkpoint)
     read_meta(ckpt)  # "not a checkpoint directory" before anything else is read
-    cfg = config_from_dict(apply_overrides(read_yaml(ckpt / "config.yaml"), args.set))
+    stored = read_yaml(ckpt / "config.yaml")
+    cfg = config_from_dict(apply_overrides(stored, args.set))
+    check_network_unchanged(config_from_dict(stored), cfg, str(ckpt))
     net = load_network(ckpt, role="checkpoint")
     device = resolve_device(cfg.train.device)
     # evaluate as training evaluated (precision, memory format, chunks), so the stored metrics are reproduced

@@ -328,6 +328,20 @@ def validate(cfg: Config) -> None:
         )
 
 
+NETWORK_KEYS = ("teacher.arch", "teacher.aux_stages", "student.arch", "student.aux_stages")
+
+
+def check_network_unchanged(stored: Config, cfg: Config, source: str) -> None:
+    """``--set`` on a checkpoint's stored config may change its data and run settings, never the networks: those
+    come from the checkpoint itself, so a different value would be silently ignored."""
+    for key in NETWORK_KEYS:
+        section, name = key.split(".")
+        before, after = getattr(getattr(stored, section), name), getattr(getattr(cfg, section), name)
+        if before != after:
+            raise ConfigError(f"--set {key}={after!r}: the checkpoint {source} holds {key} {before!r}, and the "
+                              "network is the checkpoint's own; evaluate a checkpoint of that architecture instead")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` -> (["section", "key"], YAML-parsed value)."""
     if "=" not in text:
