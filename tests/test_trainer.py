@@ -116,3 +116,13 @@ def test_what_fit_raises_is_raised_here_after_its_items(error):
     with pytest.raises(type(error)):
         fit_in_thread(Trainer(queue, ["epoch 1"], error), queue, seen.append)
     assert seen == ["epoch 1"]
+
+
+def test_a_jobs_run_is_tagged_with_what_its_network_starts_from():
+    from hsakd_ray.train.fit import teacher_source
+
+    assert teacher_source(job("teacher")) == "scratch"
+    assert teacher_source(job("teacher", teacher={"arch": "resnet18_imagenet", "pretrained": "torchvision"})) \
+        == "torchvision"
+    assert teacher_source(job("distill", teacher={"checkpoint": "runs:/abc/checkpoint"})) == "runs:/abc/checkpoint"
+    assert teacher_source(job("distill", distill={"method": "ce"})) == "none"
