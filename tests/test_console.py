@@ -9,10 +9,10 @@ import pytest
 import yaml
 from ray.tune.experiment import Trial
 
-from hsakd_ray import console
-from hsakd_ray.train.progress import format_duration, progress_line
-from hsakd_ray.tune.console import SweepTable
+from hsakd_ray import verbosity
+from hsakd_ray.train.epoch_lines import format_duration, progress_line
 from hsakd_ray.tune.space import load_space
+from hsakd_ray.tune.sweep_table import SweepTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,32 +68,32 @@ def test_progress_line_has_epoch_loss_metric_speed_and_eta():
 
 
 def test_verbosity_switches_ray_logging_and_mlflow_urls(monkeypatch):
-    monkeypatch.delenv(console.ENV, raising=False)
+    monkeypatch.delenv(verbosity.ENV, raising=False)
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     try:
-        console.configure(verbose=False)
-        assert not console.verbose() and console.ray_logging_level() == logging.WARNING
+        verbosity.configure(verbose=False)
+        assert not verbosity.verbose() and verbosity.ray_logging_level() == logging.WARNING
         assert logging.getLogger("ray.tune").level == logging.WARNING
         assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # no "Downloading artifacts" bars
-        auth = logging.getLogger(console.RAY_AUTH_LOGGER + ".authentication_token_setup")
+        auth = logging.getLogger(verbosity.RAY_AUTH_LOGGER + ".authentication_token_setup")
         assert not auth.isEnabledFor(logging.WARNING)  # Ray's token-authentication notice
-        console.configure(verbose=True)
-        assert console.verbose() and logging.getLogger("ray").level == logging.INFO
+        verbosity.configure(verbose=True)
+        assert verbosity.verbose() and logging.getLogger("ray").level == logging.INFO
         assert auth.isEnabledFor(logging.WARNING)
     finally:
-        for name in ("ray", "ray.tune", "ray.train", "ray.data", console.RAY_AUTH_LOGGER):
+        for name in ("ray", "ray.tune", "ray.train", "ray.data", verbosity.RAY_AUTH_LOGGER):
             logging.getLogger(name).setLevel(logging.NOTSET)
-        os.environ.pop(console.ENV, None)
+        os.environ.pop(verbosity.ENV, None)
         os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
 
 def test_ray_token_auth_notice_is_logged_where_the_console_silences_it():
     from ray._private.authentication import authentication_token_setup  # the module whose logger is silenced
 
-    assert authentication_token_setup.logger.name.startswith(console.RAY_AUTH_LOGGER + ".")
+    assert authentication_token_setup.logger.name.startswith(verbosity.RAY_AUTH_LOGGER + ".")
 
 
 def test_trial_counter_counts_every_grid_point_num_samples_times(tmp_path):

@@ -16,7 +16,7 @@ from ..config import Config, config_from_dict
 from ..distill.methods import method_spec
 from ..tracking import runs as R
 from ..train.job import run_ray_job
-from ..train.preflight import is_remote_storage, resolve_storage_path
+from ..train.job_checks import is_remote_storage, resolve_storage_path
 from . import results as out
 from .published import published_figure
 from .report import (
