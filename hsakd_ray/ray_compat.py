@@ -4,6 +4,11 @@ an entry relies on, so a Ray upgrade cannot break hsakd-ray silently. Nothing el
 private Ray or MLflow module (``tests/test_public_api.py`` enforces it)."""
 from __future__ import annotations
 
+import logging
+
+# The logger Ray's token-authentication notice is written to (a name, never imported): see set_token_auth_notice.
+RAY_AUTH_LOGGER = "ray._private.authentication"
+
 
 def autoscaler_max_resources() -> dict[str, float] | None:
     """The most an autoscaler may grow the cluster to (``{"CPU": 64.0, "GPU": 8.0}``), or None when no autoscaler
@@ -20,3 +25,12 @@ def autoscaler_max_resources() -> dict[str, float] | None:
     except (ImportError, AttributeError):  # Ray moved it: tests/test_ray_compat.py says so
         return None
     return {k: float(v) for k, v in found.items()} if found else None
+
+
+def set_token_auth_notice(shown: bool) -> None:
+    """Show or hide the warning Ray logs at every local start that token authentication is on (or off).
+
+    Written against Ray 2.60: the notice came with ray-project/ray#64755 (token authentication on by default for
+    local clusters, Ray 2.59) and is logged under Ray's private module path, with no public switch. hsakd-ray's
+    console shows it with ``-v`` only; ``tests/test_console.py`` fails when Ray logs it under another name."""
+    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.NOTSET if shown else logging.ERROR)

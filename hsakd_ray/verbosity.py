@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import os
 
+from .ray_compat import set_token_auth_notice
+
 ENV = "HSAKD_RAY_VERBOSE"
-RAY_AUTH_LOGGER = "ray._private.authentication"  # a logger's name (read, never imported)
 
 
 def configure(verbose: bool) -> None:
@@ -23,8 +24,7 @@ def configure(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-    # Ray 2.59+ warns at every local start that token authentication is on (or off); -v shows it
-    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    set_token_auth_notice(shown=verbose)  # Ray 2.59+ warns at every local start; -v shows it
 
 
 def verbose() -> bool:

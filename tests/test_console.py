@@ -10,6 +10,7 @@ import yaml
 from ray.tune.experiment import Trial
 
 from hsakd_ray import verbosity
+from hsakd_ray.ray_compat import RAY_AUTH_LOGGER
 from hsakd_ray.train.epoch_lines import format_duration, progress_line
 from hsakd_ray.tune.space import load_space
 from hsakd_ray.tune.sweep_table import SweepTable
@@ -78,13 +79,13 @@ def test_verbosity_switches_ray_logging_and_mlflow_urls(monkeypatch):
         assert logging.getLogger("ray.tune").level == logging.WARNING
         assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # no "Downloading artifacts" bars
-        auth = logging.getLogger(verbosity.RAY_AUTH_LOGGER + ".authentication_token_setup")
+        auth = logging.getLogger(RAY_AUTH_LOGGER + ".authentication_token_setup")
         assert not auth.isEnabledFor(logging.WARNING)  # Ray's token-authentication notice
         verbosity.configure(verbose=True)
         assert verbosity.verbose() and logging.getLogger("ray").level == logging.INFO
         assert auth.isEnabledFor(logging.WARNING)
     finally:
-        for name in ("ray", "ray.tune", "ray.train", "ray.data", verbosity.RAY_AUTH_LOGGER):
+        for name in ("ray", "ray.tune", "ray.train", "ray.data", RAY_AUTH_LOGGER):
             logging.getLogger(name).setLevel(logging.NOTSET)
         os.environ.pop(verbosity.ENV, None)
         os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
@@ -93,7 +94,7 @@ def test_verbosity_switches_ray_logging_and_mlflow_urls(monkeypatch):
 def test_ray_token_auth_notice_is_logged_where_the_console_silences_it():
     from ray._private.authentication import authentication_token_setup  # the module whose logger is silenced
 
-    assert authentication_token_setup.logger.name.startswith(verbosity.RAY_AUTH_LOGGER + ".")
+    assert authentication_token_setup.logger.name.startswith(RAY_AUTH_LOGGER + ".")
 
 
 def test_trial_counter_counts_every_grid_point_num_samples_times(tmp_path):
