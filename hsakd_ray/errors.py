@@ -30,6 +30,10 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset directory or file that does not exist."""
 
 
+class TrainingDiverged(UserError, FloatingPointError):
+    """A loss that became NaN or infinite: the run cannot recover from it (lower the learning rate, check the data)."""
+
+
 class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used (unknown scheme, unreachable server, unwritable path)."""
 

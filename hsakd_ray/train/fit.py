@@ -18,6 +18,7 @@ from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint
 from ..tracking.ui import print_ui
+from .failfast import fit_or_user_error
 from .preflight import job_description, job_need
 from .progress import JobProgress
 from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
@@ -71,7 +72,7 @@ def fit_in_thread(trainer) -> object:
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = fit_or_user_error(trainer.fit)
         except BaseException as exc:  # re-raised in the main thread
             outcome["error"] = exc
 

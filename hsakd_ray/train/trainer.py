@@ -7,6 +7,7 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from ..config import Config, config_to_dict
 from .backend import TorchGroupConfig
+from .failfast import StopOnUserError
 
 try:  # Train V2's callback that gives every run a DatasetManager actor (see Trainer)
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
@@ -82,7 +83,7 @@ def build_trainer(cfg: Config, kind: str, name: str, storage_path: str, callback
         storage_path=storage_path,
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=STARTUP_RETRIES),
         checkpoint_config=checkpoint_config(cfg, kind, kept),
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), StopOnUserError()],  # last: a UserError fails the run, never retried
     )
     return Trainer(
         train_loop_per_worker,

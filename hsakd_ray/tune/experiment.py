@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import uuid
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -173,7 +174,8 @@ def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: 
     teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
-                             teacher_store=teacher_store, kept=trials_kept_metric(space)),
+                             teacher_store=teacher_store, kept=trials_kept_metric(space),
+                             sweep_attempt=uuid.uuid4().hex),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,

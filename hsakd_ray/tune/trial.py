@@ -8,7 +8,9 @@ PBT restarts from a donor starts a new Train run from that checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -17,7 +19,8 @@ from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.queue import Empty, Queue
 
-from .. import stamps
+from .. import errors, stamps
+from ..train.failfast import fit_or_user_error
 from ..train.trainer import build_trainer
 from .resources import trial_resources
 from .space import SearchSpace, trial_config
@@ -62,11 +65,38 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
     return f"{trial_id}-from-{hashlib.sha256(donor_path.encode()).hexdigest()[:10]}"
 
 
+FINAL_ERROR_FILE = "hsakd-final-error.json"  # in a trial's directory: the UserError that ended its Train run
+
+
+def fail_as_before(trial_dir: str, sweep_attempt: str | None) -> None:
+    """Tune retries a failed trial (``FailureConfig.max_failures``) with no way to exempt an error; a trial whose
+    Train run ended with a ``UserError`` (a data error, a diverged loss: the same again on every try) fails again at
+    once, in this sweep command, instead of starting a worker group to meet it again. ``--resume`` (another
+    ``sweep_attempt``) tries it afresh, e.g. after the data was fixed."""
+    marker = Path(trial_dir) / FINAL_ERROR_FILE
+    if sweep_attempt is None or not marker.is_file():
+        return
+    seen = json.loads(marker.read_text())
+    if seen.get("attempt") == sweep_attempt:
+        kind = getattr(errors, seen.get("type", ""), None)
+        raise (kind if isinstance(kind, type) and issubclass(kind, errors.UserError) else errors.UserError)(
+            seen["message"])
+
+
+def remember_failure(trial_dir: str, sweep_attempt: str | None, error: errors.UserError) -> None:
+    if sweep_attempt is not None:
+        Path(trial_dir, FINAL_ERROR_FILE).write_text(json.dumps(
+            {"attempt": sweep_attempt, "type": type(error).__name__, "message": str(error)}))
+
+
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True) -> None:
+              train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True,
+              sweep_attempt: str | None = None) -> None:
     """One trial: its config from the sampled ``params``, then a Train fit. ``kept``: the metric choosing its
-    kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config)."""
+    kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config). A worker's
+    ``UserError`` fails the trial as itself, once (``fail_as_before``)."""
     ctx = tune.get_context()
+    fail_as_before(ctx.get_trial_dir(), sweep_attempt)
     name = f"{ctx.get_trial_id()}"
     if stamps.enabled():
         stamps.set_label(name)
@@ -84,10 +114,14 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
                              teacher_store=teacher_store, kept=kept)
 
     stamps.stamp("trainer_fit")
-    if pbt:
-        _fit_reporting_checkpoints(make_trainer)
-    else:
-        make_trainer([TuneReportCallback()]).fit()
+    try:
+        if pbt:
+            fit_or_user_error(lambda: _fit_reporting_checkpoints(make_trainer))
+        else:
+            fit_or_user_error(make_trainer([TuneReportCallback()]).fit)
+    except errors.UserError as error:
+        remember_failure(ctx.get_trial_dir(), sweep_attempt, error)
+        raise
 
 
 def default_concurrency(space: SearchSpace, resources: dict | None = None) -> int:
