@@ -42,6 +42,11 @@ class ClusterError(UserError, RuntimeError):
     """Ray (local or a cluster) cannot run the job as asked: resources it can never give, an address it cannot join."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, Slurm and Kubernetes send, often to the whole process group): an interrupt like
+    Ctrl-C, runs closed KILLED and resumable, but exit code 143 instead of 130."""
+
+
 def strip_ansi(text: str) -> str:
     """``text`` without terminal colour and cursor codes (Ray colours its error messages)."""
     return _ANSI.sub("", text)

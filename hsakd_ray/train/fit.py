@@ -7,7 +7,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import ray
 from mlflow.tracking import MlflowClient
 
 from ..config import Config, config_to_dict, dump_config, flatten
@@ -21,7 +20,7 @@ from ..tracking.ui import print_ui
 from .failfast import fit_or_user_error
 from .preflight import job_description, job_need
 from .progress import JobProgress
-from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
+from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside, shutdown_within
 from .student_model import log_student_model
 from .trainer import build_trainer
 
@@ -89,7 +88,7 @@ def run_on_ray(cfg: Config, kind: str, name: str, storage: str, uri: str, teache
                config_path: str | None, resume: bool, address: str | None, source: str) -> dict:
     """Start or join Ray, check what needs the cluster, fit; a Ray started (or joined) here is left when done."""
     started, client = init_ray_beside(address, lambda: MlflowClient(uri))
-    stop_ray = ray.shutdown if started else (lambda: None)
+    stop_ray = shutdown_within if started else (lambda: None)  # bounded: Ray may be going down with the driver
     try:
         check_cluster_resources(job_need(cfg), cfg.scaling.num_workers, job_description(cfg, kind))
         check_cluster_paths(storage, uri, address)
