@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 
 from hsakd_ray import cli
 from hsakd_ray.cli import main
-from hsakd_ray.errors import Terminated
 from hsakd_ray.tracking import runs as R
 
 
@@ -35,14 +34,22 @@ def test_sigterm_during_a_command_exits_143(monkeypatch, capsys):
         time.sleep(5)  # the handler interrupts this at once
         raise AssertionError("SIGTERM did not interrupt the command")
 
+    def not_the_cli(signum, frame):
+        raise AssertionError("SIGTERM reached the handler installed before the command")
+
     monkeypatch.setattr(cli, "cmd_models", terminated)
-    before = signal.getsignal(signal.SIGTERM)
-    assert main(["models"]) == 143
+    before = signal.signal(signal.SIGTERM, not_the_cli)
+    try:
+        assert main(["models"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is not_the_cli  # restored when the command ends
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert capsys.readouterr().err == "hsakd-ray: terminated\n"
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_sigterm_in_a_tracked_run_kills_the_run_and_stays_a_sigterm(store):
+    from hsakd_ray.errors import Terminated
+
     client = MlflowClient(store)
     with pytest.raises(Terminated):
         with R.tracked_run(client, "sigterm", "job", R.base_tags("teacher", "job")) as run:
@@ -54,6 +61,7 @@ def test_sigterm_in_a_tracked_run_kills_the_run_and_stays_a_sigterm(store):
 def test_sigterm_stops_a_sweep_at_once_without_waiting_on_tune(store):
     """Tune's graceful stop (SIGUSR1) would wait on Ray's GCS, which a SIGTERM to the process group has taken down:
     the sweep stops at once, as Terminated, and its parent run is closed KILLED."""
+    from hsakd_ray.errors import Terminated
     from hsakd_ray.tune.experiment import SweepInterrupt
 
     asked_tune: list[int] = []

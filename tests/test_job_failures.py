@@ -12,7 +12,7 @@ import yaml
 
 from hsakd_ray.cli import main
 from hsakd_ray.config import config_from_dict
-from hsakd_ray.errors import DataError, TrainingDiverged
+from hsakd_ray.errors import DataError
 
 
 def write(path: Path, data: dict) -> str:
@@ -62,6 +62,7 @@ DIVERGING = {"data": {"name": "synthetic", "image_size": 16, "synthetic_train_si
 
 def test_a_nan_loss_stops_the_job_at_that_epoch():
     from hsakd_ray.engine import run_job
+    from hsakd_ray.errors import TrainingDiverged
 
     cfg = config_from_dict(DIVERGING)
     reported = []
@@ -150,6 +151,7 @@ def test_a_workers_user_error_ends_the_train_run_without_a_retry():
 
 
 def test_a_tune_retry_of_a_trial_that_met_a_user_error_fails_at_once(tmp_path):
+    from hsakd_ray.errors import TrainingDiverged
     from hsakd_ray.tune.trial import fail_as_before, remember_failure
 
     remember_failure(str(tmp_path), "sweep-1", TrainingDiverged("loss diverged at epoch 2 (train/loss nan)"))
