@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # step_throughput.py on this machine's CPU, once per variant (flags as one word each; default: every variant in
-# README's Performance table), each variant's reference and project steps interleaved in one process. Logged to
+# the CPU table of docs/performance.md), each variant's reference and project steps interleaved in one process. Logged to
 # OUT/log. Run it on a quiet machine: the whole set takes about 15 minutes on 2 cores.
 #     bash benchmarks/cpu_checks.sh benchmarks/results/cpu
 #     bash benchmarks/cpu_checks.sh OUT "" "--precision fp32"

@@ -136,10 +136,11 @@ def ray_cpu_seconds() -> Counter:
 def run_under_ray_train(cfg: Config, name: str, log: Path) -> dict:
     """The same job as a 1-worker TorchTrainer; epoch times come from the reported metrics, and the CPU seconds each
     kind of Ray process used meanwhile (processes that end during the run are missed: Ray keeps its workers)."""
-    from hsakd_ray.train.trainer import build_trainer, read_checkpoint_files
+    from hsakd_ray.train.job_spec import Job, read_checkpoint_files
+    from hsakd_ray.train.trainer import build_trainer
 
     files = read_checkpoint_files(cfg.teacher.checkpoint)
-    trainer = build_trainer(cfg, "distill", name, cfg.ray.storage_path, [ReportLog(log)], files)
+    trainer = build_trainer(Job(cfg, "distill", name, cfg.ray.storage_path, teacher_files=files), [ReportLog(log)])
     before = ray_cpu_seconds()
     start = time.perf_counter()
     trainer.fit()
@@ -157,7 +158,8 @@ def tune_first_report(cfg: Config, storage: Path) -> dict:
     from ray import tune
 
     from hsakd_ray.config import config_to_dict
-    from hsakd_ray.train.trainer import build_trainer, read_checkpoint_files
+    from hsakd_ray.train.job_spec import Job, read_checkpoint_files
+    from hsakd_ray.train.trainer import build_trainer
 
     cfg_dict = config_to_dict(cfg)
     cfg_dict["train"]["epochs"] = 1
@@ -170,8 +172,8 @@ def tune_first_report(cfg: Config, storage: Path) -> dict:
 
         started.write_text(repr(time.time()))
         name = f"trial-{tune.get_context().get_trial_id()}"
-        build_trainer(config_from_dict(config["cfg"]), "distill", name, str(storage / "train"),
-                      [TuneReportCallback(), ReportLog(log)], files).fit()
+        job = Job(config_from_dict(config["cfg"]), "distill", name, str(storage / "train"), teacher_files=files)
+        build_trainer(job, [TuneReportCallback(), ReportLog(log)]).fit()
 
     tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0.05}), param_space={"cfg": cfg_dict},
                        tune_config=tune.TuneConfig(num_samples=1),

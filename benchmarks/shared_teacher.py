@@ -5,7 +5,7 @@ The same sweep runs with sharing off and on, interleaved (off, on, off, on...): 
 running the engine's ``run_job`` (the code a Ray Train worker runs) with one intra-op thread, as a 1-CPU Tune trial
 does. Trials differ in the hyperparameters a sweep searches (temperature, alpha, lr), so they share one data stream.
 The teacher is a randomly initialised checkpoint (its cost, not its accuracy, matters here). Ray's per-trial
-start-up (~20 s per worker group, README Performance) is left out: it is the same with and without sharing.
+start-up (docs/performance.md, "What Ray Train and Tune add") is left out: it is the same with and without sharing.
 
 Each trial process's CPU time is split at the start of its first training epoch: start-up (interpreter, imports,
 dataset, models, the step's set-up) is a fixed cost per trial that sharing cannot remove, training (every epoch's

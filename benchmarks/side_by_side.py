@@ -6,7 +6,7 @@ tree, so both sides see the same machine. Every run's output goes to ``--logs`` 
 script's last line of the form ``NAME: VALUE`` (``startup_s: 10.25``, ``ratio: 0.53``). Last line
 ``ratio: R`` = median VALUE of this tree / median VALUE of the baseline.
 
-    python benchmarks/side_by_side.py --baseline 9276ff4 --rounds 2 -- benchmarks/trial_startup.py --rounds 3
+    python benchmarks/side_by_side.py --baseline 9276ff4 --rounds 2 -- benchmarks/quickstart_wall.py --rounds 1
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from hsakd_ray import proc
+from hsakd_ray.cluster.local import free_port
+from hsakd_ray.proc import alive
 
 SESSION_MARK = "HSAKD_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
@@ -32,20 +35,8 @@ BIN = Path(sys.executable).parent
 
 def marked_processes(exclude: set[int] = frozenset()) -> dict[int, str]:
     """Live processes started by this test session (pid -> command line), found by the session mark."""
-    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in exclude or int(entry.name) == os.getpid():
-            continue
-        try:
-            if mark not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue  # a zombie has exited; only its parent's wait is missing
-            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # exited while we looked, or not ours to read
-            continue
-    return found
+    found = proc.marked_processes(SESSION_MARK, os.environ[SESSION_MARK])
+    return {pid: cmdline for pid, (_, cmdline) in found.items() if pid not in exclude}
 
 
 def wait_for_no_processes(exclude: set[int] = frozenset(), timeout: float = 30.0) -> dict[int, str]:
@@ -59,7 +50,7 @@ def wait_for_no_processes(exclude: set[int] = frozenset(), timeout: float = 30.0
 
 
 def descendants(pid: int) -> set[int]:
-    """All live descendants of ``pid`` (from /proc, no psutil needed)."""
+    """All live descendants of ``pid`` (from /proc, no psutil needed; the package never needs this walk)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -75,14 +66,6 @@ def descendants(pid: int) -> set[int]:
                 out.add(child)
                 todo.append(child)
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -105,12 +88,6 @@ _server_pids: set[int] = set()
 def server_pids() -> set[int]:
     """The running MLflow server's processes (session-scoped: a module's leftover check leaves them out)."""
     return set().union(*({pid} | descendants(pid) for pid in _server_pids if alive(pid)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -1,6 +1,6 @@
 """The MLflow UI opens where a person expects: experiments are tagged as model training, the printed addresses open
 the runs view, and in a real browser (headless Chromium) the experiment page lists the sweep's parent run and every
-trial run. The browser test saves its screenshot (``HSAKD_SCREENSHOT_DIR=docs/img`` refreshes README's)."""
+trial run. The browser test saves its screenshot (``HSAKD_SCREENSHOT_DIR=docs/img`` refreshes the docs' copy)."""
 from __future__ import annotations
 
 import asyncio

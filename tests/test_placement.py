@@ -100,7 +100,7 @@ def test_the_checkpoint_loader_counts_the_students_stages(tmp_path: Path) -> Non
 
 def test_a_distill_job_checks_the_students_placement_on_the_driver(tmp_path: Path) -> None:
     """Before any Train worker starts, ``hsakd-ray distill`` loads the teacher for the student's own placement."""
-    from hsakd_ray.train.job import prepare_teacher
+    from hsakd_ray.train.job import read_start_checkpoint
 
     path = teacher_checkpoint(tmp_path, build_model("resnet8", 4, "all"))
     cfg = config_from_dict({"data": {"name": "synthetic", "synthetic_classes": 4},
@@ -108,6 +108,6 @@ def test_a_distill_job_checks_the_students_placement_on_the_driver(tmp_path: Pat
                             "student": {"arch": "mobilenetv2", "aux_stages": "all"},
                             "train": {"output_dir": str(tmp_path / "out")}})
     with pytest.raises(CheckpointError, match=r"stages \[4\] were asked for"):
-        prepare_teacher(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")
+        read_start_checkpoint(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")
     cfg.student.aux_stages = [2, 3]
-    assert prepare_teacher(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")
+    assert read_start_checkpoint(cfg, "distill", f"sqlite:///{tmp_path}/mlflow.db")

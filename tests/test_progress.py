@@ -27,7 +27,7 @@ def test_no_bar_when_switched_off(monkeypatch, capsys):
 
 def test_importing_a_checkpoint_shows_its_steps(monkeypatch, capsys, tmp_path):
     import torch
-    from test_import import marked_state
+    from test_import_command import marked_state
 
     from hsakd_ray.engine.importers import import_checkpoint
 

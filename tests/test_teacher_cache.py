@@ -139,7 +139,7 @@ def test_bfloat16_storage_halves_the_bytes_within_its_stated_tolerance(tmp_path)
     logits, aux = half.read(1, 0, "fp")
     assert logits.dtype == torch.float32
     for got, want in zip([logits, *aux], [big[0], *big[1]], strict=True):
-        torch.testing.assert_close(got, want, rtol=2**-8, atol=0)  # README: relative error < 0.4 %
+        torch.testing.assert_close(got, want, rtol=2**-8, atol=0)  # docs/tuning.md: relative error < 0.4 %
 
 
 CLAIM = """

@@ -40,7 +40,8 @@ from hsakd_ray.engine.selection import is_summary_metric
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs
 from hsakd_ray.train.compute import KEYS as COMPUTE_KEYS
-from hsakd_ray.train.job import prepare_teacher, run_ray_job
+from hsakd_ray.train.job import read_start_checkpoint, run_ray_job
+from hsakd_ray.train.job_spec import Job
 from hsakd_ray.train.trainer import build_trainer
 
 pytestmark = pytest.mark.slow
@@ -230,11 +231,6 @@ def test_teacher_job_is_one_complete_mlflow_run(reference_teacher, workspace, sq
     tags = client.get_run(teacher_id).data.tags
     assert tags["hsakd.precision"] == resolve_precision("auto", "cpu", cpu_flags()).value
     assert tags["hsakd.compile"] == "eager"
-    # the job's Train run started its placement group cleaner but no Ray Data DatasetManager (train/trainer.py)
-    from ray.util.state import list_actors
-
-    started = {a.class_name for a in list_actors(limit=10000, detail=False)}
-    assert "PlacementGroupCleaner" in started and "DatasetManager" not in started
 
     # evaluated on the test set: no metric ranks checkpoints, so Ray keeps only the latest and the run's checkpoint
     # artifact is the last epoch's (never chosen by test accuracy); the run reports last and best-epoch test top-1
@@ -295,7 +291,7 @@ def test_registered_teacher_resolves_as_models_uri(reference_teacher, workspace,
     assert client.get_model_version(REGISTERED, "1").run_id == teacher_id
     cfg = config_from_dict(tiny_config(teacher={"arch": "resnet8", "checkpoint": f"models:/{REGISTERED}/1"},
                                        train={"output_dir": str(workspace / "outputs")}))
-    files = prepare_teacher(cfg, "distill", sqlite_uri)  # what the driver ships to the workers
+    files = read_start_checkpoint(cfg, "distill", sqlite_uri)  # what the driver ships to the workers
     artifact = Path(client.download_artifacts(teacher_id, "checkpoint"))
     assert files["model.pt"] == (artifact / "model.pt").read_bytes()
     assert cfg.teacher.checkpoint == f"models:/{REGISTERED}/1"  # the run's params name the reference
@@ -364,7 +360,9 @@ def test_two_ddp_workers_match_one_worker_on_the_global_batch(ray_cluster, works
         train={"epochs": 1, "batch_size": 2 * b, "precision": "fp32"},  # the equivalence is exact in fp32 only
         ray={"storage_path": str(workspace / "ray_results")},
     )
-    result = build_trainer(config_from_dict(cfg), "teacher", "ddp-two-workers", str(workspace / "ray_results")).fit()
+    trainer = build_trainer(Job(config_from_dict(cfg), "teacher", "ddp-two-workers", str(workspace / "ray_results")))
+    assert isinstance(trainer, ray.train.torch.TorchTrainer)  # Ray's own, with Ray's torch backend (gloo here)
+    result = trainer.fit()
     ddp_loss = result.metrics["train/loss"]
     ddp_state = parameters_only(load_tensor_file(Path(result.checkpoint.path) / "model.pt"))
 
@@ -483,6 +481,39 @@ def test_sigterm_driver_marks_killed_and_resume_finishes_the_same_run(mlflow_ser
     assert_one_value_per_epoch(client, run_id, teacher_metrics())
     assert_same_weights(final_weights(workspace, name), final_weights(workspace, "teacher-ref"))
     assert sum("epoch 2/2" in line for line in log.splitlines()) == 1  # each epoch line once in the driver log
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_each_worker_environment_names_its_rank_in_the_torch_process_group(ray_cluster, workspace, tmp_path,
+                                                                           monkeypatch):
+    """A job's two workers (the trainer ``build_trainer`` makes) each see ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` equal
+    to their Train context and to torch.distributed's group: libraries that read the environment (``env://``, data
+    samplers) agree with the group the job trains in. The train function is replaced by one that writes what it
+    sees; everything else is the job's own trainer."""
+    import json
+
+    from hsakd_ray.train import worker
+
+    out = str(tmp_path)
+
+    def what_each_worker_sees(config: dict) -> None:
+        import torch.distributed as dist
+
+        ctx = ray.train.get_context()
+        seen = {"env": [os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")],
+                "context": [str(ctx.get_world_rank()), str(ctx.get_world_size()), str(ctx.get_local_rank())],
+                "group": [str(dist.get_rank()), str(dist.get_world_size()), "-"], "backend": dist.get_backend()}
+        Path(out, f"rank{ctx.get_world_rank()}.json").write_text(json.dumps(seen))
+
+    monkeypatch.setattr(worker, "train_loop_per_worker", what_each_worker_sees)
+    cfg = config_from_dict(tiny_config(ray={"storage_path": str(workspace / "ray_results")}))
+    assert cfg.scaling.num_workers == 2
+    build_trainer(Job(cfg, "teacher", "rank-environment", str(workspace / "ray_results"))).fit()
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank, got in enumerate(seen):
+        assert got["env"] == got["context"], got
+        assert got["env"][:2] == [str(rank), "2"] and got["group"][:2] == got["env"][:2], got
+        assert got["backend"] == "gloo"
 
 
 @pytest.mark.timeout(120, method="thread")

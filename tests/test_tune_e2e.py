@@ -476,8 +476,8 @@ def steps_of_every_metric(client: MlflowClient, run) -> dict[str, list[int]]:
 
 def test_ctrl_c_marks_the_sweep_killed_and_resume_from_a_relative_path_finishes_the_same_runs(tmp_path):
     """Issue 11.2/11.3: SIGINT while a trial trains exits 130 with the parent and the unfinished trial KILLED and
-    every epoch the trial's checkpoints hold in MLflow; ``--resume ray_results/resume`` (relative, as README writes
-    it) finishes the same runs with no metric step logged twice in any run."""
+    every epoch the trial's checkpoints hold in MLflow; ``--resume ray_results/resume`` (relative, as
+    docs/fault-tolerance.md writes it) finishes the same runs with no metric step logged twice in any run."""
     from ray.train import Result
 
     from hsakd_ray.tracking.epoch_logger import REPORTED_EPOCHS_FILE

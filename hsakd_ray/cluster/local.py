@@ -360,7 +360,7 @@ def describe_status(state: ClusterState, nodes: list[dict]) -> list[str]:
              f"MLflow {state.tracking_uri} ({'up' if any(alive(p) for p in state.mlflow_pids) else 'DOWN'})"]
     for node in sorted(nodes, key=lambda n: next((k for k in n["Resources"] if k.startswith("node_")), "")):
         label = next((k for k in node["Resources"] if k.startswith("node_")), "?")
-        role = "head" if "node:__internal_head__" in node["Resources"] else "worker"
+        role = "head" if label == state.nodes[0].resource else "worker"  # node_0 is the head (up)
         lines.append(f"  {label:<8}{role:<8}{'alive' if node['Alive'] else 'dead':<7}{node['NodeID'][:12]}  "
                      f"{node['NodeManagerAddress']}  {node['Resources'].get('CPU', 0):g} CPU")
     return lines + export_lines(state)

@@ -5,7 +5,7 @@ The choices are applied around the training step (engine/step.py) by ``engine.lo
 On a CPU the teacher's forward (it needs no gradients) can run for the next batch while the student trains on this
 one, each on its share of the worker's cores (``train.teacher_overlap``). Two independent thread teams need no
 barrier per op across the whole worker: on a quiet 2-core machine the WRN-40-2 -> WRN-16-2 step measured 1.14x the
-reference with it and 1.11x without (README, Performance); on a shared machine, where a core taken away stalls every
+reference with it and 1.11x without (docs/performance.md); on a shared machine, where a core taken away stalls every
 op of a multi-threaded team, it should matter more (not measured reproducibly). When one side dominates, the other
 would idle, and intra-op threads on the whole step win: ``overlap_threads`` decides from the two sides' FLOPs.
 """
@@ -64,7 +64,7 @@ def forward_in_chunks(net: nn.Module, x: torch.Tensor, rows: int) -> tuple[torch
     """``net(x)`` of an eval-mode HSAKD network, ``rows`` rows at a time (0: all at once), concatenated.
 
     Rows are independent in eval mode, so the values are the same; on a CPU a chunk's activations stay in cache
-    between layers, which a whole 256-row batch of 32 px images does not (README, Performance: 1.14x vs 1.07x).
+    between layers, which a whole 256-row batch of 32 px images does not (docs/performance.md: 1.14x vs 1.07x).
     """
     if rows <= 0 or x.shape[0] <= rows:
         return net(x)
@@ -99,7 +99,7 @@ def teacher_split(teacher: nn.Module, student: nn.Module, image_size: int, threa
 # ---------------------------------------------------------------- precision
 
 # CPU feature flags (as /proc/cpuinfo names them) that give native bf16 arithmetic: bf16 autocast is then about 2x
-# the fp32 step (README, Performance); without them bf16 is emulated and may be slower than fp32.
+# the fp32 step (docs/performance.md); without them bf16 is emulated and may be slower than fp32.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Whether ``auto`` picks bf16 on such CPUs: only because bf16 reached fp32's accuracy within seed noise on real data
 # (benchmarks/bf16_accuracy.py, results in benchmarks/results/bf16_accuracy.md). Set False if a rerun shows a cost.
@@ -149,7 +149,7 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 # ---------------------------------------------------------------- compiling
 
 # When ``train.compile=auto`` compiles: on CUDA, once the job's training steps repay the compile time with a margin.
-# Per-step gain, measured on an H200 (README, Performance; WRN-40-2 -> WRN-16-2, batch 64): the eager default step
+# Per-step gain, measured on an H200 (docs/performance.md; WRN-40-2 -> WRN-16-2, batch 64): the eager default step
 # is 64 / 2912 img/s = 22.0 ms, the CUDA-graph step (reduce-overhead) 64 / 8724 img/s (mean of two runs) = 7.3 ms,
 # so 14.7 ms saved per step. Compile time: NOT measured (no GPU on this project's machine); taken as 120 s for the
 # teacher and student (forward and backward graphs, CUDA-graph capture) and counted twice as a margin:

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .. import stamps
 from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, is_in_memory, tensor_augmentation
 from ..errors import ConfigError, TrainingDiverged
@@ -201,15 +200,12 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     rt = rt or Runtime(device=resolve_device(cfg.train.device))
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data)
-    stamps.stamp("data")
     task = build_task(kind, cfg, data.num_classes)
     heads = widen_teacher(rt.teacher_store, task, cfg)  # sharing: one stream for every head placement
-    stamps.stamp("models")
     train_loader, eval_loader = make_batches(data, cfg, rt)
     start_epoch = int(rt.resume_state["epoch"]) if rt.resume_state is not None else 0
     steps = (cfg.train.epochs - start_epoch) * len(train_loader)
     setup = setup_step(task, cfg, rt.device, data.image_size, steps)
-    stamps.stamp("setup")
     if rt.rank == 0:
         rt.log(f"{kind} job: {setup.describe()}")
     optimizer, fast, autocast = setup.optimizer, setup.channels_last, setup.autocast
@@ -229,7 +225,6 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     config_yaml = dump_config(cfg)
     metrics: dict = {}
     cycle_start = time.perf_counter()
-    stamps.stamp("first_step")
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
         if not isinstance(train_loader, DeviceBatches):  # host-side crop/flip draw from the global RNG: seed it

@@ -1,9 +1,9 @@
 """The driver of ``hsakd-ray teacher|distill|probe``: one Ray Train job = one MLflow run.
 
-Order matters for trust: every check that can refuse the job runs first (preflight.py), before Ray or MLflow are
-even imported, so a refusal takes seconds and writes nothing; then the teacher is resolved, Ray starts (or is
-joined) and the run is tracked and fitted (fit.py).
-"""
+A straight line: every check that can refuse the job runs first (preflight.py), before Ray or MLflow are even
+imported, so a refusal takes seconds and writes nothing; then the ``Job`` is resolved once (its name, storage and the
+checkpoint it starts from), Ray starts (or is joined) and the run is tracked and fitted (fit.py → trainer.py →
+worker.py → engine)."""
 from __future__ import annotations
 
 import tempfile
@@ -12,17 +12,12 @@ from ..config import Config, run_name
 from ..distill.methods import method_spec
 from ..tracking.references import resolve_checkpoint
 from ..tracking.store import resolve_tracking_uri
+from .job_spec import Job, read_checkpoint_files
 from .prefetch import prefetch_dataset
 from .preflight import check_ray_job, checkpoint_references, resolve_storage_path
 
 
-def teacher_source(cfg: Config, kind: str) -> str:
-    if kind == "teacher":
-        return cfg.teacher.pretrained or "scratch"
-    return next(iter(checkpoint_references(cfg, kind).values()), "none")
-
-
-def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
+def read_start_checkpoint(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:
     """Resolve ``teacher.checkpoint`` / ``student.checkpoint`` (path, runs:/, models:/) and read its files.
 
     The config keeps the reference as written (the run's params, tags and config.yaml name ``runs:/...``, not a
@@ -33,7 +28,6 @@ def prepare_teacher(cfg: Config, kind: str, tracking_uri: str) -> dict[str, byte
     key, ref = next(iter(refs.items()))
     field = key.split(".")[0]
     from ..engine import load_network
-    from .trainer import read_checkpoint_files
 
     with tempfile.TemporaryDirectory(prefix="hsakd-checkpoint-") as cache:  # the files travel as bytes anyway
         local = resolve_checkpoint(ref, tracking_uri, cache)
@@ -51,9 +45,8 @@ def run_ray_job(cfg: Config, kind: str, config_path: str | None = None, tracking
     storage = resolve_storage_path(cfg.ray.storage_path)
     address = address or cfg.ray.address
     check_ray_job(cfg, kind, name, uri, storage, resume, address)
-    teacher_files = prepare_teacher(cfg, kind, uri)
+    job = Job(cfg, kind, name, storage, teacher_files=read_start_checkpoint(cfg, kind, uri))
     prefetch_dataset(cfg.data)  # a download's progress bar on this console, before workers start
     from .fit import run_on_ray  # Ray and MLflow load only once the job is known to be runnable
 
-    return run_on_ray(cfg, kind, name, storage, uri, teacher_files, config_path, resume, address,
-                      source=teacher_source(cfg, kind))
+    return run_on_ray(job, uri, address, resume=resume, config_path=config_path)

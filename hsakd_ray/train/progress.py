@@ -1,15 +1,17 @@
 """One progress line per epoch of a Ray Train job, printed by the driver: ``epoch k/N  loss  metric  img/s  ETA``.
 
 The epochs are reported in the Train controller (another process); a callback there forwards each to a queue the
-driver reads on a thread while ``fit`` blocks. So the line needs no worker output on the console (``-v`` only)."""
+driver reads while ``fit`` runs on a thread (threaded_fit.py). So the line needs no worker output on the console
+(``-v`` only)."""
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from ray.train import UserCallback
-from ray.util.queue import Empty, Queue
+from ray.util.queue import Queue
+
+from .threaded_fit import fit_in_thread
 
 SHOWN = ("epoch", "train/loss", "images_per_sec", "epoch_total_time")
 
@@ -41,7 +43,7 @@ def progress_line(name: str, total: int, metrics: dict, seconds_per_epoch: float
 
 
 class JobProgress:
-    """``progress = JobProgress(name, epochs)``; pass ``progress.callback`` to the trainer; ``progress.run(fit)``."""
+    """``progress = JobProgress(name, epochs)``; ``progress.callback`` to the trainer; ``progress.fit(trainer)``."""
 
     def __init__(self, name: str, total_epochs: int, printer: Callable[[str], None] = print) -> None:
         self.name, self.total, self.print = name, total_epochs, printer
@@ -55,26 +57,11 @@ class JobProgress:
         mean = sum(self.times) / len(self.times) if self.times else 0.0
         self.print(progress_line(self.name, self.total, metrics, mean))
 
-    def run(self, fit: Callable[[], Any]) -> Any:
-        """Call ``fit`` (blocking) while a thread prints the epochs it reports; every reported epoch is printed."""
-        stop = threading.Event()
-
-        def pump() -> None:
-            while not stop.is_set() or not self.queue.empty():
-                try:
-                    self._show(self.queue.get(timeout=0.5))
-                except Empty:
-                    continue
-                except Exception:  # the queue's actor is gone (Ray shut down): nothing more to print
-                    return
-
-        thread = threading.Thread(target=pump, daemon=True, name="hsakd-progress")
-        thread.start()
+    def fit(self, trainer) -> Any:
+        """``trainer.fit()`` (threaded_fit.py) while every epoch it reports is printed."""
         try:
-            return fit()
+            return fit_in_thread(trainer, self.queue, self._show)
         finally:
-            stop.set()
-            thread.join(timeout=5)
             try:
                 self.queue.shutdown()
             except Exception:  # already gone with Ray

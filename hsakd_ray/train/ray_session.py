@@ -15,6 +15,7 @@ import ray
 from ..console import ray_logging_level, verbose
 from ..errors import ClusterError, ConfigError
 from ..proc import alive, marked_processes, open_files, start_time, stop_processes
+from ..ray_compat import autoscaler_max_resources
 from ..tracking.store import is_local_store
 from .preflight import is_remote_storage, joins_cluster, shortfall
 
@@ -26,17 +27,6 @@ DRIVER_MARK = "HSAKD_RAY_DRIVER"  # "<pid>:<start time>" of the driver, inherite
 
 # ---------------------------------------------------------------- resources
 
-def _autoscaler_max() -> dict[str, float] | None:
-    """The most an autoscaler may grow the cluster to, or None when no autoscaler manages it."""
-    try:
-        from ray._private.state import state
-
-        found = state.get_max_resources_from_cluster_config()
-    except Exception:  # an older or newer Ray without this private helper: no autoscaler known
-        return None
-    return {k: float(v) for k, v in found.items()} if found else None
-
-
 def check_cluster_resources(per_worker: dict[str, float], num_workers: int, what: str,
                             extra_cpu: float = 0.0) -> None:
     """Once Ray runs (joined or started here): refuse what the cluster's nodes can never give ``what`` (a job, a
@@ -46,7 +36,7 @@ def check_cluster_resources(per_worker: dict[str, float], num_workers: int, what
     problem = shortfall(per_worker, num_workers, extra_cpu, ray.cluster_resources(), node_max)
     if not problem:
         return
-    ceiling = _autoscaler_max()
+    ceiling = autoscaler_max_resources()
     if ceiling is not None and not shortfall(per_worker, num_workers, extra_cpu, ceiling, None):
         print(f"warning: {what} needs {problem.format(where='the cluster')} now; waiting for the autoscaler to add "
               "nodes", flush=True)
@@ -108,26 +98,10 @@ def stop_orphaned_ray_processes() -> int:
     return len(found)
 
 
-def _claim_session() -> None:
+def _claim_session(session_dir: str | None) -> None:
     """Write this driver's id into the session directory of the Ray it just started (see orphaned_ray_processes)."""
-    try:
-        session = Path(ray._private.worker._global_node.get_session_dir_path())
-        (session / SESSION_OWNER_FILE).write_text(_driver_id(os.getpid()))
-    except Exception:  # a private path that may move between Ray versions: only the clean-up loses
-        pass
-
-
-# Ray Train settings for a Ray started here (one node, this machine), inherited by every process it spawns; a value
-# already in the environment wins. Train V2 starts a preemption watcher actor per worker group (one more process per
-# trial, starting while the trial's first steps run) to report nodes that a cloud provider drains: a local node is
-# never drained. (A controller polling its workers every 0.5 s instead of Ray's 2 s was tried: a killed sweep's
-# trial then lost an epoch's MLflow metrics after --resume; see README, Performance.)
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-def local_train_env() -> dict[str, str]:
-    """``LOCAL_TRAIN_ENV`` less what the environment already sets."""
-    return {k: v for k, v in LOCAL_TRAIN_ENV.items() if k not in os.environ}
+    if session_dir:
+        (Path(session_dir) / SESSION_OWNER_FILE).write_text(_driver_id(os.getpid()))
 
 
 def init_ray(address: str | None) -> bool:
@@ -141,17 +115,16 @@ def init_ray(address: str | None) -> bool:
     stop_orphaned_ray_processes()
     if not joins_cluster(address):  # only the processes ray.init spawns carry the mark, not later children of ours
         os.environ[DRIVER_MARK] = _driver_id(os.getpid())
-        os.environ.update(local_train_env())
     try:
         # -v: Ray's own output back (console.py)
-        ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
+        context = ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
     except ConnectionError as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     finally:
         os.environ.pop(DRIVER_MARK, None)
     if not joins_cluster(address):
-        _claim_session()
+        _claim_session(context.address_info.get("session_dir"))
     return True
 
 

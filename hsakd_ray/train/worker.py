@@ -5,21 +5,15 @@ import logging
 import tempfile
 from pathlib import Path
 
-from .. import stamps
+import ray.train
+import ray.train.torch
+import torch
 
-stamps.stamp("worker_import")  # the train function's module is imported in the worker: Ray Train, torch next
-
-import ray.train  # noqa: E402
-import ray.train.torch  # noqa: E402
-import torch  # noqa: E402
-
-from ..config import config_from_dict  # noqa: E402
-from ..engine import Runtime, load_train_state, run_job  # noqa: E402
-from ..engine.reporting import format_epoch  # noqa: E402
-from ..tracking.epoch_logger import read_reported_epochs, write_reported_epochs  # noqa: E402
-from .compute import ComputeMeter  # noqa: E402
-
-stamps.stamp("worker_imported")
+from ..config import config_from_dict
+from ..engine import Runtime, load_train_state, run_job
+from ..engine.reporting import format_epoch
+from ..tracking.epoch_logger import read_reported_epochs, write_reported_epochs
+from .compute import ComputeMeter
 
 # Not print(): Train V2 patches print in workers to log *and* (because Ray's workers replace sys.stdout) to echo
 # the line, so every printed line reached the driver twice. Train routes this logger to the console once.
@@ -42,10 +36,6 @@ def worker_threads(cpus_per_worker: float) -> int:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    if stamps.enabled():
-        stamps.set_label(ray.train.get_context().get_experiment_name())
-        stamps.stamp("worker_process", t=stamps.process_started())
-        stamps.stamp("worker_fn")
     with tempfile.TemporaryDirectory(prefix="hsakd-teacher-") as scratch:  # removed when the worker's job ends
         _train_worker(config, scratch)
 
@@ -56,7 +46,6 @@ def _train_worker(config: dict, scratch: str) -> None:
     teacher_dir = materialise_teacher(config.get("teacher_files"), scratch)
     if teacher_dir:  # the network the job starts from: the teacher of a distill job, the probed net of a probe
         getattr(cfg, "student" if kind == "probe" else "teacher").checkpoint = teacher_dir
-    stamps.stamp("teacher_files")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

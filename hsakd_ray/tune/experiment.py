@@ -11,7 +11,6 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from .. import stamps
 from ..config import ConfigError, config_from_dict
 from ..console import verbose
 from ..distill.methods import method_spec
@@ -22,10 +21,10 @@ from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.job_spec import read_checkpoint_files
 from ..train.prefetch import prefetch_dataset
 from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
-from ..train.trainer import read_checkpoint_files
 from . import results as out
 from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
@@ -168,7 +167,6 @@ def run_sweep(sweep: Sweep) -> dict:
         resume_hint = f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}"
         with SweepInterrupt() as interrupt:
             try:
-                stamps.stamp("tuner_fit", label=space.name)
                 grid = tuner.fit()
             except BaseException as exc:
                 if not isinstance(exc, KeyboardInterrupt) and interrupt.signum != signal.SIGTERM:
@@ -186,22 +184,13 @@ def run_sweep(sweep: Sweep) -> dict:
                          mode)
 
 
-def trials_kept_metric(space: SearchSpace) -> str | None | bool:
-    """The metric choosing every trial's kept checkpoint, worked out here so a trial's process need not import the
-    engine for it; ``True`` (each trial works it out) when a searched key could change it (the data's split)."""
-    if any(key.startswith("data.") for key in space.search):
-        return True
-    return kept_metric(space.base, "distill")
-
-
 def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
                 train_storage: str, logger: MLflowTrialLogger, metric: str, mode: str, resume: bool) -> tune.Tuner:
     """The Tuner for a new sweep, or the restored one; every trial gets the shared teacher outputs' settings."""
     teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
-                             teacher_store=teacher_store, kept=trials_kept_metric(space),
-                             sweep_attempt=uuid.uuid4().hex),
+                             teacher_store=teacher_store, sweep_attempt=uuid.uuid4().hex),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,

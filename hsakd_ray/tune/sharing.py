@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import ConfigError
 from ..distill.methods import method_spec
 from ..engine.teacher_cache import StoreSettings
 from ..train.preflight import is_remote_storage  # not ray_session: a refused space imports no Ray
@@ -13,22 +12,7 @@ from ..train.preflight import is_remote_storage  # not ray_session: a refused sp
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from .space import SearchSpace, TuneSpec
-
-SHARE_VALUES = ("auto", True, False)
-DTYPES = ("float32", "bfloat16")
-
-
-def check_sharing(t: TuneSpec) -> None:
-    if t.share_teacher not in SHARE_VALUES:
-        raise ConfigError(f"tune.share_teacher must be auto, true or false, got {t.share_teacher!r}")
-    if not isinstance(t.teacher_store_gb, (int, float)) or isinstance(t.teacher_store_gb, bool) \
-            or t.teacher_store_gb < 0:
-        raise ConfigError(f"tune.teacher_store_gb must be a number >= 0, got {t.teacher_store_gb!r}")
-    if t.teacher_store_dtype not in DTYPES:
-        raise ConfigError(f"tune.teacher_store_dtype must be one of {', '.join(DTYPES)}, "
-                          f"got {t.teacher_store_dtype!r}")
-
+    from .space import SearchSpace
 
 def sharing_settings(space: SearchSpace, storage: str) -> dict | None:
     """The store's settings for every trial, or None (and why, printed once).

@@ -230,9 +230,22 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
                        search=search, tune=tune, final_teacher_ref=final_ref)
 
 
-def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
-    from .sharing import check_sharing  # sharing.py reads TuneSpec
+SHARE_VALUES = ("auto", True, False)  # tune.share_teacher (sharing.py)
+STORE_DTYPES = ("float32", "bfloat16")  # tune.teacher_store_dtype
 
+
+def check_sharing(t: TuneSpec) -> None:
+    if t.share_teacher not in SHARE_VALUES:
+        raise ConfigError(f"tune.share_teacher must be auto, true or false, got {t.share_teacher!r}")
+    if not isinstance(t.teacher_store_gb, (int, float)) or isinstance(t.teacher_store_gb, bool) \
+            or t.teacher_store_gb < 0:
+        raise ConfigError(f"tune.teacher_store_gb must be a number >= 0, got {t.teacher_store_gb!r}")
+    if t.teacher_store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"tune.teacher_store_dtype must be one of {', '.join(STORE_DTYPES)}, "
+                          f"got {t.teacher_store_dtype!r}")
+
+
+def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
     check_sharing(tune)
     s = tune.scheduler
     if s.type not in SCHEDULERS:

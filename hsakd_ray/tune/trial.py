@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,12 @@ import ray
 from ray import tune
 from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.util.queue import Empty, Queue
+from ray.util.queue import Queue
 
-from .. import errors, stamps
+from .. import errors
 from ..train.failfast import fit_or_user_error
+from ..train.job_spec import Job
+from ..train.threaded_fit import fit_in_thread
 from ..train.trainer import build_trainer
 from .resources import trial_resources
 from .space import SearchSpace, trial_config
@@ -36,27 +37,9 @@ class _CheckpointForwarder(UserCallback):
         self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
 
 
-def _fit_reporting_checkpoints(make_trainer) -> None:
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer([_CheckpointForwarder(queue)])
-    failure: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as exc:  # re-raised in the trial thread below
-            failure.append(exc)
-
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    while thread.is_alive() or not queue.empty():
-        try:
-            metrics, path = queue.get(timeout=0.5)
-        except Empty:
-            continue
-        tune.report(metrics, checkpoint=Checkpoint(path) if path else None)
-    if failure:
-        raise failure[0]
+def report_to_tune(item: tuple[dict, str | None]) -> None:
+    metrics, path = item
+    tune.report(metrics, checkpoint=Checkpoint(path) if path else None)
 
 
 def restart_run_name(trial_id: str, donor_path: str) -> str:
@@ -90,38 +73,37 @@ def remember_failure(trial_dir: str, sweep_attempt: str | None, error: errors.Us
 
 
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str, teacher_store: dict | None = None, kept: str | None | bool = True,
-              sweep_attempt: str | None = None) -> None:
-    """One trial: its config from the sampled ``params``, then a Train fit. ``kept``: the metric choosing its
-    kept checkpoint, worked out by the sweep's driver (``True``: here, from the trial's config). A worker's
+              train_storage: str, teacher_store: dict | None = None, sweep_attempt: str | None = None) -> None:
+    """One trial: its config from the sampled ``params``, then a Train fit named after the trial. A worker's
     ``UserError`` fails the trial as itself, once (``fail_as_before``)."""
-    ctx = tune.get_context()
-    fail_as_before(ctx.get_trial_dir(), sweep_attempt)
-    name = f"{ctx.get_trial_id()}"
-    if stamps.enabled():
-        stamps.set_label(name)
-        stamps.stamp("trial_process", t=stamps.process_started())
-        stamps.stamp("trial_fn")
+    trial_dir = tune.get_context().get_trial_dir()
+    fail_as_before(trial_dir, sweep_attempt)
+    try:
+        fit_trial(config, space, teacher_files, train_storage, teacher_store)
+    except errors.UserError as error:
+        remember_failure(trial_dir, sweep_attempt, error)
+        raise
+
+
+def fit_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
+              train_storage: str, teacher_store: dict | None) -> None:
+    name = tune.get_context().get_trial_id()
     cfg = trial_config(space, config["params"], cross_checked=False)  # checked whole by the Train worker
     pbt = space.tune.scheduler.type == "pbt"
     donor = tune.get_checkpoint() if pbt else None
     start_from = donor.path if donor is not None else None
     if start_from is not None:
         name = restart_run_name(name, start_from)
-
-    def make_trainer(callbacks: list) -> Any:
-        return build_trainer(cfg, "distill", name, train_storage, callbacks, teacher_files, start_from=start_from,
-                             teacher_store=teacher_store, kept=kept)
-
-    stamps.stamp("trainer_fit")
+    job = Job(cfg, "distill", name, train_storage, teacher_files=teacher_files, teacher_store=teacher_store,
+              start_from=start_from)
+    if not pbt:
+        fit_or_user_error(build_trainer(job, [TuneReportCallback()]).fit)
+        return
+    queue = Queue(actor_options={"num_cpus": 0})
     try:
-        if pbt:
-            fit_or_user_error(lambda: _fit_reporting_checkpoints(make_trainer))
-        else:
-            fit_or_user_error(make_trainer([TuneReportCallback()]).fit)
-    except errors.UserError as error:
-        remember_failure(ctx.get_trial_dir(), sweep_attempt, error)
-        raise
+        fit_in_thread(build_trainer(job, [_CheckpointForwarder(queue)]), queue, report_to_tune)
+    finally:
+        queue.shutdown()
 
 
 def default_concurrency(space: SearchSpace, resources: dict | None = None) -> int:
