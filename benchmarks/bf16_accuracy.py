@@ -23,7 +23,7 @@ from digits_methods import mean_std, save_final_epoch, write_atomically
 
 from hsakd_ray.config import load_config
 from hsakd_ray.engine import Runtime, run_job
-from hsakd_ray.engine.fastpath import cpu_flags
+from hsakd_ray.engine.precision import cpu_flags
 
 PRECISIONS = ("fp32", "bf16")
 RESULTS = Path(__file__).resolve().parent / "results" / "bf16_accuracy.md"

@@ -102,7 +102,7 @@ def teacher_share(args) -> tuple[float, str]:
     import torch
 
     from hsakd_ray import distill as D
-    from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
+    from hsakd_ray.engine.precision import cpu_flags, resolve_precision
     from hsakd_ray.models import build_model
 
     precision = resolve_precision(args.precision, "cpu", cpu_flags()).value

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> float:
         run_project()
         warm.append(time.perf_counter() - start)
     # with --compile, the first warm-up run is where torch.compile (and CUDA-graph capture) happens: its excess over
-    # the last warm-up run is the compile time that train.compile=auto's step threshold has to repay (fastpath.py)
+    # the last warm-up run is the compile time that train.compile=auto's step threshold has to repay
+    # (engine/compiling.py)
     print(f"project warm-up runs: {', '.join(f'{w:.2f}' for w in warm)} s; first minus last "
           f"(compile_s with --compile): {warm[0] - warm[-1]:.2f}", flush=True)
     runs = {"reference": run_reference, "project": run_project}

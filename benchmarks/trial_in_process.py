@@ -47,7 +47,7 @@ def sweep(kind: str, space, teacher_files, storage: Path, store_root: Path) -> t
     from ray import tune
 
     from hsakd_ray.engine.teacher_cache import StoreSettings
-    from hsakd_ray.tune.searchers import build_scheduler, build_search_alg, param_space
+    from hsakd_ray.tune.searchers import build_search_alg, build_trial_scheduler, param_space
     from hsakd_ray.tune.trial import run_trial
 
     t = space.tune
@@ -64,7 +64,7 @@ def sweep(kind: str, space, teacher_files, storage: Path, store_root: Path) -> t
     tuner = tune.Tuner(trainable, param_space=param_space(space),
                        run_config=tune.RunConfig(name=kind, storage_path=str(storage), verbose=0),
                        tune_config=tune.TuneConfig(metric="val/top1", mode="max", num_samples=t.num_samples,
-                                                   scheduler=build_scheduler(space),
+                                                   scheduler=build_trial_scheduler(space),
                                                    search_alg=build_search_alg(space, 2), max_concurrent_trials=2))
     start = time.perf_counter()
     grid = tuner.fit()

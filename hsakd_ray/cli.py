@@ -11,8 +11,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from .console import configure as configure_console
 from .errors import Terminated, UserError, one_line
+from .verbosity import configure as configure_console
 
 DEBUG_ENV = "HSAKD_DEBUG"  # set to 1: an internal error prints its traceback (as --debug does)
 
@@ -41,7 +41,7 @@ def cmd_job(args: argparse.Namespace) -> None:
         from .engine.reporting import LocalReporter
         from .engine.runner import Runtime, resolve_device
         from .engine.selection import describe_kept, kept_metric
-        from .train.preflight import check_job
+        from .train.job_checks import check_job
 
         check_job(cfg, args.command, local=True)
         run_dir = Path(cfg.train.output_dir) / run_name(cfg, args.command)
@@ -62,16 +62,19 @@ def cmd_job(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .config import apply_overrides, config_from_dict, read_yaml
+    from .config import apply_overrides, check_network_unchanged, config_from_dict, read_yaml
     from .data import build_datasets
     from .engine import load_network, read_meta, resolve_device
-    from .engine.fastpath import autocast_dtype, chunk_rows, cpu_flags, resolve_precision
     from .engine.loop import evaluate
+    from .engine.precision import autocast_dtype, cpu_flags, resolve_precision
     from .engine.runner import Runtime, make_loaders
+    from .engine.threads import chunk_rows
 
     ckpt = Path(args.checkpoint)
     read_meta(ckpt)  # "not a checkpoint directory" before anything else is read
-    cfg = config_from_dict(apply_overrides(read_yaml(ckpt / "config.yaml"), args.set))
+    stored = read_yaml(ckpt / "config.yaml")
+    cfg = config_from_dict(apply_overrides(stored, args.set))
+    check_network_unchanged(config_from_dict(stored), cfg, str(ckpt))
     net = load_network(ckpt, role="checkpoint")
     device = resolve_device(cfg.train.device)
     # evaluate as training evaluated (precision, memory format, chunks), so the stored metrics are reproduced
@@ -106,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .tune.preflight import checked_sweep
+    from .tune.sweep_checks import checked_sweep
 
     sweep = checked_sweep(args.space, args.set, tracking_uri=args.tracking_uri, resume=args.resume,
                           address=args.address)

@@ -121,9 +121,9 @@ class TrainConfig:
     output_dir: str = "./outputs"          # where runs write checkpoints
     checkpoint_every: int = field(default=1, metadata=_range(1))
     channels_last: bool = True             # fast path: NHWC memory format (faster convs on GPU and AVX-512 CPUs)
-    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (engine/fastpath.py)
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (engine/precision.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # auto: torch.compile on CUDA when the job has enough steps to repay compiling (engine/fastpath.py), else eager
+    # auto: torch.compile on CUDA when the job has enough steps to repay compiling (engine/compiling.py), else eager
     compile: bool | Literal["auto"] = "auto"
     # torch.compile's mode when compiling; auto: reduce-overhead (CUDA graphs) on CUDA, default on CPU
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "auto"
@@ -326,6 +326,20 @@ def validate(cfg: Config) -> None:
             "scaling.gpus_per_worker < 1 (fractional GPUs) works only with scaling.num_workers: 1 "
             "(multi-worker NCCL on a shared GPU fails)"
         )
+
+
+NETWORK_KEYS = ("teacher.arch", "teacher.aux_stages", "student.arch", "student.aux_stages")
+
+
+def check_network_unchanged(stored: Config, cfg: Config, source: str) -> None:
+    """``--set`` on a checkpoint's stored config may change its data and run settings, never the networks: those
+    come from the checkpoint itself, so a different value would be silently ignored."""
+    for key in NETWORK_KEYS:
+        section, name = key.split(".")
+        before, after = getattr(getattr(stored, section), name), getattr(getattr(cfg, section), name)
+        if before != after:
+            raise ConfigError(f"--set {key}={after!r}: the checkpoint {source} holds {key} {before!r}, and the "
+                              "network is the checkpoint's own; evaluate a checkpoint of that architecture instead")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hsakd_ray import proc
+from hsakd_ray import process_marks
 from hsakd_ray.cluster.local import free_port
-from hsakd_ray.proc import alive
+from hsakd_ray.process_marks import alive
 
 SESSION_MARK = "HSAKD_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
@@ -35,7 +35,7 @@ BIN = Path(sys.executable).parent
 
 def marked_processes(exclude: set[int] = frozenset()) -> dict[int, str]:
     """Live processes started by this test session (pid -> command line), found by the session mark."""
-    found = proc.marked_processes(SESSION_MARK, os.environ[SESSION_MARK])
+    found = process_marks.marked_processes(SESSION_MARK, os.environ[SESSION_MARK])
     return {pid: cmdline for pid, (_, cmdline) in found.items() if pid not in exclude}
 
 

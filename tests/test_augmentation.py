@@ -73,6 +73,17 @@ def test_large_image_folder_trains_at_224_with_random_resized_crop(tmp_path):
     assert [type(t) for t in bundle.eval.transform.transforms][:2] == [T.Resize, T.CenterCrop]
 
 
+def test_augment_policy_bug_small_images_trained_large_keep_the_small_image_policy(tmp_path):
+    """28 px digits at ``image_size: 224``: ``augment: auto`` and ``flip: auto`` follow the smaller of the stored and
+    the trained size (docs/configuration.md), so a padded crop without flip, never RandomResizedCrop, whose smallest
+    crops keep 8 % of a 28 px image (a few pixels of a stroke) before blowing it up."""
+    write_folder(tmp_path, {"train": random_images(4, 28, 0, grey=True), "val": random_images(2, 28, 1, grey=True)})
+    bundle = build_datasets(folder(tmp_path, image_size=224))
+    assert bundle.image_size == 224 and bundle.train[0][0].shape == (3, 224, 224)
+    assert steps(bundle) == [T.Resize, T.RandomCrop, T.ToTensor, T.Normalize]
+    assert [type(t) for t in bundle.eval.transform.transforms] == [T.Resize, T.ToTensor, T.Normalize]
+
+
 def test_large_images_trained_small_get_padded_crop(tmp_path):
     write_folder(tmp_path, {"train": random_images(2, 120, 0), "val": random_images(2, 120, 1)})
     assert T.RandomCrop in steps(build_datasets(folder(tmp_path, image_size=32)))

@@ -182,7 +182,7 @@ def test_more_cpus_than_the_machine_has_is_refused_before_ray_in_a_subprocess(cw
 
 
 def test_more_workers_than_cpus_is_refused(cwd, capsys):
-    from hsakd_ray.train.preflight import cpu_count
+    from hsakd_ray.train.job_checks import cpu_count
 
     workers = int(cpu_count()) + 1
     err = refused(capsys, ["teacher", TEACHER, "--set", f"scaling.num_workers={workers}",
@@ -234,12 +234,38 @@ def test_keyboard_interrupt_is_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "hsakd-ray: interrupted\n"
 
 
+@pytest.mark.parametrize("data, batch, message", [
+    ({"name": "imagefolder", "root": "missing-images"}, 16, "imagefolder training set not found"),
+    ({"name": "digits", "image_size": 16}, 4096, "larger than the training set"),
+])
+def test_tune_preflight_bug_a_bad_base_data_section_is_refused_before_ray_when_the_teacher_is_a_reference(
+        cwd, data, batch, message):
+    """With a given teacher checkpoint no teacher job is configured, so nothing but the base config's own data check
+    stands between a missing ImageFolder root (or a batch larger than the data) and Ray starting every trial only
+    for each to fail late."""
+    teacher = cwd.parent / "teacher"
+    teacher.mkdir()
+    (teacher / "meta.json").write_text("{}")
+    space = write(cwd.parent / "space.yaml", {
+        "base": {"data": {**data, "root": str(cwd.parent / data.get("root", "data"))},
+                 "teacher": {"arch": "resnet8"}, "student": {"arch": "resnet8"}, "train": {"batch_size": batch}},
+        "teacher": {"checkpoint": str(teacher)},
+        "search": {"distill.temperature": {"grid": [2.0, 4.0]}},
+        "tune": {"name": "s", "search_alg": "grid", "resources": {"num_workers": 1, "cpus_per_worker": 0.5}}})
+    out = subprocess.run([sys.executable, "-c", PROBE, "tune", space], cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert out.stdout.strip() == "imported:", out.stdout
+    assert list(cwd.iterdir()) == []
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--tracking-uri", "foo://bar"], "unknown scheme 'foo'"),
     (["--set", "scaling.cpus_per_worker=4096"], "needs 4096 CPUs"),
 ])
 def test_tune_refusals_come_before_ray_and_mlflow_are_imported(cwd, extra, message):
-    """`hsakd-ray tune` checks the space, tracking URI, storage and resources first (tune/preflight.py): a refusal
+    """`hsakd-ray tune` checks the space, tracking URI, storage and resources first (tune/sweep_checks.py): a refusal
     imports neither Ray nor MLflow, so it takes the seconds of the checks, not of those imports."""
     space = str(REPO / "search_spaces" / "quickstart.yaml")
     if "scaling.cpus_per_worker=4096" in extra:  # the space's own tune.resources ask it

@@ -61,7 +61,7 @@ def grid(tmp_path) -> list[Result]:
 
 
 def test_trials_csv_carries_compute(grid, tmp_path):
-    rows = out.trial_rows(grid, "val/top1", "max", {"t1": "run1"})
+    rows = out.trial_rows([out.outcome_from_result(r, "val/top1") for r in grid], "val/top1", "max")
     out.write_csv(rows, tmp_path / "trials.csv")
     with open(tmp_path / "trials.csv") as f:
         table = {r["trial_id"]: r for r in csv.DictReader(f)}
@@ -73,7 +73,7 @@ def test_trials_csv_carries_compute(grid, tmp_path):
 
 
 def test_learning_curves_mark_trials_stopped_early_on_whole_epochs(grid):
-    fig = out.trial_curves_figure(grid, "val/top1", total_epochs=4)
+    fig = out.trial_curves_figure([out.outcome_from_result(r, "val/top1") for r in grid], "val/top1", total_epochs=4)
     ax = fig.axes[0]
     crosses = [tuple(map(float, c.get_offsets()[0])) for c in ax.collections]
     assert sorted(crosses) == [(1.0, 30.0), (2.0, 45.0)]  # t4 and t2 stopped; t1 and t3 ran all 4 epochs

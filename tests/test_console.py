@@ -8,10 +8,10 @@ import os
 import pytest
 from ray.tune.experiment import Trial
 
-from hsakd_ray import console
-from hsakd_ray.train.progress import format_duration, progress_line
-from hsakd_ray.tune.console import SweepTable
+from hsakd_ray import verbosity
+from hsakd_ray.train.epoch_lines import format_duration, progress_line
 from hsakd_ray.tune.space import load_space
+from hsakd_ray.tune.sweep_table import SweepTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,21 +67,21 @@ def test_progress_line_has_epoch_loss_metric_speed_and_eta():
 
 
 def test_verbosity_switches_ray_logging_and_mlflow_urls(monkeypatch):
-    monkeypatch.delenv(console.ENV, raising=False)
+    monkeypatch.delenv(verbosity.ENV, raising=False)
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
     try:
-        console.configure(verbose=False)
-        assert not console.verbose() and console.ray_logging_level() == logging.WARNING
+        verbosity.configure(verbose=False)
+        assert not verbosity.verbose() and verbosity.ray_logging_level() == logging.WARNING
         assert logging.getLogger("ray.tune").level == logging.WARNING
         assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
-        console.configure(verbose=True)
-        assert console.verbose() and logging.getLogger("ray").level == logging.INFO
+        verbosity.configure(verbose=True)
+        assert verbosity.verbose() and logging.getLogger("ray").level == logging.INFO
     finally:
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.NOTSET)
-        os.environ.pop(console.ENV, None)
+        os.environ.pop(verbosity.ENV, None)
 
 
 @pytest.mark.parametrize("argv,expected", [(["tune", "s.yaml"], False), (["-v", "tune", "s.yaml"], True),

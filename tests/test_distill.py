@@ -142,6 +142,21 @@ def test_mutual_loss_matches_section_6(batch):
     assert peer.grad is None  # the peer's outputs are targets only
 
 
+def test_mutual_loss_bug_peer_aux_heads_get_no_gradient_from_own_loss(batch):
+    """Each network of the pair learns from the peer's heads, never the other way round within one loss: the
+    own loss reaches the own logits and heads, while the peer's heads (and logits) keep ``.grad`` None."""
+    own = batch["s"].clone().requires_grad_(True)
+    own_aux = [q.clone().requires_grad_(True) for q in batch["s_aux"]]
+    peer = batch["t"].clone().requires_grad_(True)
+    peer_aux = [q.clone().requires_grad_(True) for q in batch["t_aux"]]
+    out = mutual_loss(own, own_aux, peer, peer_aux, batch["y"], batch["joint"], temperature=3.0, alpha=1.0,
+                      beta=1.0)
+    out["loss"].backward()
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in own_aux)
+    assert [q.grad for q in peer_aux] == [None, None]
+    assert peer.grad is None
+
+
 def test_metrics_count_topk_and_head_accuracies():
     """Ten classes, so top-5 can miss: row 0 right at top-1, row 1 right only at rank 3, row 2 wrong at rank 7."""
     y = torch.tensor([1, 0, 4])

@@ -9,7 +9,7 @@ import yaml
 
 from hsakd_ray.config import ConfigError, OptimConfig
 from hsakd_ray.engine.optim import lr_factor
-from hsakd_ray.tune.searchers import build_scheduler
+from hsakd_ray.tune.searchers import build_trial_scheduler
 from hsakd_ray.tune.space import earliest_rung, load_space
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
@@ -18,7 +18,7 @@ CIFAR = Path(__file__).parent.parent / "search_spaces" / "cifar100_resnet56_resn
 
 def asha_rungs(space) -> list[int]:
     """The epochs at which Ray's ASHAScheduler, built as a sweep builds it, decides (its bracket's rung levels)."""
-    scheduler = build_scheduler(space)
+    scheduler = build_trial_scheduler(space)
     return sorted(level for level, _ in scheduler._brackets[0]._rungs)
 
 

@@ -23,7 +23,7 @@ from hsakd_ray.engine import (
     write_checkpoint,
 )
 from hsakd_ray.engine.loop import train_epoch
-from hsakd_ray.engine.optim import build_optimizer, build_scheduler, lr_factor
+from hsakd_ray.engine.optim import build_lr_scheduler, build_optimizer, lr_factor
 from hsakd_ray.engine.reporting import LocalReporter, format_epoch
 from hsakd_ray.engine.runner import rng_state, set_rng_state
 from hsakd_ray.models import build_model
@@ -410,7 +410,7 @@ def test_warmup_then_multistep_and_constant():
 def test_scheduler_sets_the_optimizer_lr_each_epoch():
     cfg = OptimConfig(lr=0.2, schedule="multistep", milestones=[1, 2], gamma=0.5, warmup_epochs=0)
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
-    scheduler = build_scheduler(optimizer, cfg, 3)
+    scheduler = build_lr_scheduler(optimizer, cfg, 3)
     lrs = []
     for _ in range(3):
         lrs.append(optimizer.param_groups[0]["lr"])

@@ -21,19 +21,17 @@ from hsakd_ray.data.transforms import RandomCropFlip, Transformed
 from hsakd_ray.distill import rotate_batch
 from hsakd_ray.engine import run_job
 from hsakd_ray.engine.batches import DeviceBatches, sampler_order
-from hsakd_ray.engine.fastpath import (
+from hsakd_ray.engine.compiling import (
     COMPILE_MIN_STEPS,
     COMPILE_SECONDS_ASSUMED,
     CUDA_GRAPH_STEP_GAIN_S,
-    cpu_flags,
-    overlap_threads,
     resolve_compile,
-    resolve_precision,
-    teacher_split,
 )
 from hsakd_ray.engine.loop import evaluate, train_epoch
+from hsakd_ray.engine.precision import cpu_flags, resolve_precision
 from hsakd_ray.engine.runner import Runtime, StepSetup, make_batches, setup_step
 from hsakd_ray.engine.tasks import DistillTask
+from hsakd_ray.engine.threads import overlap_threads, teacher_split
 from hsakd_ray.models import build_model
 
 CLASSES, SIZE, BATCH, PAD = 5, 16, 4, 2

@@ -15,13 +15,13 @@ from mlflow.tracking import MlflowClient
 from hsakd_ray.config import DataConfig
 from hsakd_ray.data.checks import check_data
 from hsakd_ray.errors import CheckpointError, ClusterError, DataError, DataNotFoundError, TrackingError, UserError
-from hsakd_ray.paths import unwritable_reason
-from hsakd_ray.proc import alive, start_time
+from hsakd_ray.process_marks import alive, start_time
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.references import check_reference
 from hsakd_ray.tracking.store import check_tracking_uri
-from hsakd_ray.train.preflight import check_local_resources, cpu_count, shortfall
+from hsakd_ray.train.job_checks import check_local_resources, cpu_count, shortfall
 from hsakd_ray.train.ray_session import DRIVER_MARK, SESSION_OWNER_FILE, orphaned_ray_processes
+from hsakd_ray.writable import unwritable_reason
 
 # ---------------------------------------------------------------- paths and the tracking store
 
@@ -209,7 +209,7 @@ def test_a_summary_metric_is_logged_once_per_step(client):
 
 SPAWN = """
 import os, subprocess, sys, time
-from hsakd_ray.proc import start_time
+from hsakd_ray.process_marks import start_time
 me = f"{os.getpid()}:{start_time(os.getpid())}"
 marked = dict(os.environ, HSAKD_RAY_DRIVER=me)
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=marked)  # like the GCS or raylet

@@ -2,7 +2,7 @@
 pass through unchanged; off when HSAKD_PROGRESS=0."""
 from __future__ import annotations
 
-from hsakd_ray.progress import byte_bar, progress
+from hsakd_ray.progress_bars import byte_bar, progress
 
 
 def test_bar_on_stderr_counts_every_item_and_leaves_stdout_alone(monkeypatch, capsys):

@@ -26,17 +26,17 @@ def test_train_worker_code_imports_no_mlflow():
 
 def test_one_thread_skips_the_flop_count(monkeypatch):
     """With one intra-op thread there is nothing to split between teacher and student: no traced forwards."""
-    from hsakd_ray.engine import fastpath
+    from hsakd_ray.engine import threads
     from hsakd_ray.models import build_model
 
     def counted(*args):
         raise AssertionError("FLOPs counted for a one-thread worker")
 
     net = build_model("resnet8", 10, "all")
-    monkeypatch.setattr(fastpath, "forward_flops", counted)
-    assert fastpath.teacher_split(net, net, 16, 1) is None
+    monkeypatch.setattr(threads, "forward_flops", counted)
+    assert threads.teacher_split(net, net, 16, 1) is None
     with pytest.raises(AssertionError, match="FLOPs counted"):
-        fastpath.teacher_split(net, net, 16, 2)
+        threads.teacher_split(net, net, 16, 2)
 
 
 def quickstart_in_a_trial(tmp_path: Path) -> str:

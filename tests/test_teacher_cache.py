@@ -2,6 +2,7 @@
 are atomic, claims exclude each other across processes, the budget bounds it, and a broken store only costs time."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -18,7 +19,17 @@ from hsakd_ray.data.transforms import RandomCropFlip
 from hsakd_ray.engine import Runtime, run_job
 from hsakd_ray.engine.batches import DeviceBatches
 from hsakd_ray.engine.reporting import LocalReporter
-from hsakd_ray.engine.teacher_cache import StoreSettings, TeacherOutputs, TeacherStore, fingerprint
+from hsakd_ray.engine.teacher_cache import (
+    WARNING_KEY,
+    StoreSettings,
+    TeacherOutputs,
+    TeacherStore,
+    device_kind,
+    fingerprint,
+    stream_key,
+    stream_parts,
+)
+from hsakd_ray.models import build_model
 from hsakd_ray.tune.sharing import sharing_settings
 from hsakd_ray.tune.space import load_space
 
@@ -348,3 +359,178 @@ def test_after_resume_the_sweeps_sharing_summary_counts_trials_reported_before_t
                                                                                    f"'{parent}'")}
     assert runs["t_00001"].data.tags["teacher_cache.hit_fraction"] == "0.750"  # both epochs, not only the last
     assert runs["t_00000"].data.tags["teacher_cache.shared"] == "computed"
+
+
+# ---------------------------------------------------------------- the stream key (issue 26, planted bug 1)
+
+def assert_trains_as_alone(shared: list[dict], alone: list[dict]) -> None:
+    keys = [k for k in alone[0] if k.startswith(("train/", "test/"))]
+    assert "train/loss" in keys and "test/top1" in keys
+    for a, s in zip(alone, shared, strict=True):
+        for k in keys:
+            assert s[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+
+
+def test_stream_key_bug_precision_compile_mode_channels_last_and_device_kind_each_change_the_stream():
+    """Guards against dropping from the stream key anything that changes the teacher's outputs: each of these
+    alone gives another stream; the data loader's worker count, which changes no output, does not."""
+    cfg, cpu = tiny(), torch.device("cpu")
+    teacher = build_model("resnet8", 4, "all")
+
+    def key(cfg: Config = cfg, device: torch.device = cpu, autocast=None, compiled: str = "eager") -> str:
+        return stream_key(teacher, stream_parts(cfg, 0, 1, device, autocast, compiled))
+
+    base = key()
+    variants = {"precision bf16": key(autocast=torch.bfloat16),
+                "compile default": key(compiled="default"), "compile max-autotune": key(compiled="max-autotune"),
+                "channels_last off": key(tiny("train.channels_last=false")),
+                "device cuda": key(device=torch.device("cuda"))}
+    assert len({base, *variants.values()}) == 1 + len(variants), variants
+    assert key(tiny("data.loader_workers=3")) == base
+
+
+CPU_KEY = """
+import torch
+from hsakd_ray.config import apply_overrides, config_from_dict
+from hsakd_ray.engine.teacher_cache import stream_key, stream_parts
+cfg = config_from_dict(apply_overrides({"data": {"name": "synthetic"}}, []))
+print(stream_key(torch.nn.Identity(), stream_parts(cfg, 0, 1, torch.device("cpu"), None)))
+"""
+
+
+def test_stream_key_bug_the_cpus_instruction_set_changes_the_stream():
+    """Nodes whose CPUs dispatch to other kernels (AVX-512 vs AVX2 vs none) compute other teacher outputs: another
+    stream. ``ATEN_CPU_CAPABILITY=default`` makes torch dispatch as a CPU without vector instructions would."""
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX"):
+        pytest.skip("this CPU has no vector instruction set for torch to dispatch to")
+    here = stream_key(torch.nn.Identity(), stream_parts(config_from_dict({"data": {"name": "synthetic"}}), 0, 1,
+                                                        torch.device("cpu"), None))
+    lesser = subprocess.run([sys.executable, "-c", CPU_KEY], capture_output=True, text=True, check=True,
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout.strip()
+    assert len(lesser) == len(here) and lesser != here
+    assert device_kind(torch.device("cpu")) == f"cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
+def test_stream_key_bug_trials_differing_only_in_precision_train_exactly_as_alone(teacher_dir, tmp_path):
+    """An fp32 and a bf16 trial of one sweep: the bf16 trial must not read the fp32 trial's teacher outputs."""
+    settings = {"root": str(tmp_path / "store")}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny(f"train.precision={precision}", f"teacher.checkpoint={teacher_dir}")
+        alone, shared = run_trial(cfg, None), run_trial(cfg, settings)
+        assert [e["teacher_cache/hit_fraction"] for e in shared] == [0.0, 0.0], precision
+        assert_trains_as_alone(shared, alone)
+
+
+# ---------------------------------------------------------------- a pure hit (issue 26, low-harm survivor)
+
+class RecordingStore(TeacherStore):
+    """The real store, recording which of its files a trial reads and which batches it claims."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reads: list[tuple[int, int]] = []
+        self.claims: list[tuple[int, int]] = []
+
+    def read(self, epoch: int, step: int, fp: str):
+        self.reads.append((epoch, step))
+        return super().read(epoch, step, fp)
+
+    def claim(self, epoch: int, step: int) -> bool:
+        self.claims.append((epoch, step))
+        return super().claim(epoch, step)
+
+
+def test_a_pure_store_hit_creates_no_claim_file_and_reads_one_file(tmp_path):
+    writer = store(tmp_path)
+    x = torch.arange(4.0)
+    assert writer.publish(1, 0, fingerprint(x), outputs(1))
+    reader = RecordingStore(writer.settings, "stream")
+    provider = TeacherOutputs(reader, torch.device("cpu"))
+    provider.start_epoch(1)
+    got = provider.outputs(x, lambda _: pytest.fail("computed a stored batch"))
+    assert torch.equal(got[0], outputs(1)[0]) and provider.counts == {"hits": 1, "computed": 0, "waited": 0}
+    assert reader.reads == [(1, 0)] and reader.claims == []
+    assert not list(reader.dir.rglob("*.claim"))
+
+
+# ---------------------------------------------------------------- checksums (issue 27, case 7)
+
+def overwrite_logits_in_place(path: Path, change) -> None:
+    """Rewrite the stored logits' bytes inside the file, as a stray writer would: same size, still a loadable
+    torch file, only the values differ."""
+    data = path.read_bytes()
+    blob = torch.load(io.BytesIO(data[data.index(b"PK"):]), weights_only=True)
+    old = blob["logits"].contiguous().numpy().tobytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, change(blob["logits"]).contiguous().numpy().tobytes()))
+
+
+def test_outputs_overwritten_in_place_are_recomputed_replaced_and_reported_once(tmp_path):
+    warnings: list[str] = []
+    s = TeacherStore(StoreSettings(root=str(tmp_path / "store")), "stream", warn=warnings.append)
+    xs = [torch.full((3,), float(i)) for i in range(2)]
+    for step, x in enumerate(xs):
+        assert s.publish(1, step, fingerprint(x), outputs(step))
+        overwrite_logits_in_place(s.path(1, step), lambda t: t + 1.0)
+    provider = TeacherOutputs(s, torch.device("cpu"))
+    provider.start_epoch(1)
+    for step, x in enumerate(xs):
+        got = provider.outputs(x, lambda _, step=step: outputs(step))
+        assert torch.equal(got[0], outputs(step)[0])  # computed, never the changed values
+        assert torch.equal(s.read(1, step, fingerprint(x))[0], outputs(step)[0])  # replaced by a good file
+    assert provider.counts["computed"] == 2
+    assert len(warnings) == 1 and "does not match its checksum" in warnings[0]
+    assert provider.epoch_metrics()[WARNING_KEY] == warnings[0]
+
+
+def test_a_trial_reading_a_tampered_store_trains_exactly_as_an_untampered_one(teacher_dir, tmp_path):
+    """The probe's case: a store whose outputs were overwritten in place after the first trial wrote them. The
+    second trial recomputes every changed batch, says so once in its reported metrics, and trains as alone."""
+    settings = {"root": str(tmp_path / "store")}
+    cfg = tiny(f"teacher.checkpoint={teacher_dir}")
+    alone = run_trial(cfg, None)
+    run_trial(cfg, settings)
+    files = sorted(Path(settings["root"]).rglob("*.pt"))
+    assert len(files) == 8
+    for path in files[::2]:  # half the batches changed: the rest are still read
+        overwrite_logits_in_place(path, lambda t: t.flip(-1))
+    tampered = run_trial(cfg, settings)
+    assert [e["teacher_cache/hit_fraction"] for e in tampered] == [0.5, 0.5]
+    assert_trains_as_alone(tampered, alone)
+    said = {e[WARNING_KEY] for e in tampered}  # every epoch's report carries the warnings so far: one
+    assert len(said) == 1 and "does not match its checksum" in said.pop()
+    assert WARNING_KEY not in run_trial(cfg, settings)[-1]  # recomputed files replaced the changed ones
+
+
+def test_a_read_only_store_warning_reaches_the_reported_metrics(teacher_dir, tmp_path):
+    root = tmp_path / "store"
+    root.write_text("a file where the store's directory should be")
+    epochs = run_trial(tiny(f"teacher.checkpoint={teacher_dir}"), {"root": str(root)})
+    said = [e.get(WARNING_KEY, "") for e in epochs]
+    assert said[0] == said[1] and said[0].count("teacher store:") == 1 and "cannot write" in said[0]
+
+
+def test_store_warnings_are_printed_once_and_tagged_on_the_trials_run(tmp_path, capsys):
+    """The driver side (real sqlite store, no Ray): each report repeats the warnings so far; the console shows each
+    once, the trial's MLflow run holds them all as a tag, and no string becomes a metric."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from hsakd_ray.tune.mlflow_logger import STORE_WARNING_TAG, MLflowTrialLogger
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("s")
+    parent = client.create_run(experiment_id, run_name="sweep").info.run_id
+    logger = MLflowTrialLogger(client.tracking_uri, experiment_id, parent, load_space(space_file(tmp_path)),
+                               str(tmp_path / "trials"))
+    trial = Trial("run_trial", config={"params": {"distill.temperature": 2.0}}, trial_id="t_00000", stub=True)
+    first = "teacher store: /s/00001/0-000003.pt does not match its checksum (changed after it was written)"
+    second = "teacher store: cannot write under /s (disk full); this trial computes its own outputs"
+    for epoch, said in [(1, first), (2, first), (3, f"{first}\n{second}")]:
+        logger.on_trial_result(0, [], trial, {"epoch": epoch, "val/top1": 50.0, "config": trial.config,
+                                              WARNING_KEY: said})
+    printed = [line for line in capsys.readouterr().out.splitlines() if "teacher store" in line]
+    assert printed == [f"trial t_00000: {first}", f"trial t_00000: {second}"]
+    run = client.get_run(logger.run_ids["t_00000"])
+    assert run.data.tags[STORE_WARNING_TAG] == f"{first}\n{second}"
+    assert WARNING_KEY not in run.data.metrics

@@ -35,7 +35,7 @@ import hsakd_ray
 from hsakd_ray.config import config_from_dict, config_to_dict, flatten, load_config
 from hsakd_ray.engine import Runtime, load_train_state, read_meta, run_job
 from hsakd_ray.engine.checkpoint import load_tensor_file
-from hsakd_ray.engine.fastpath import cpu_flags, resolve_precision
+from hsakd_ray.engine.precision import cpu_flags, resolve_precision
 from hsakd_ray.engine.selection import is_summary_metric
 from hsakd_ray.tracking import runs as R
 from hsakd_ray.tracking.epoch_logger import BACKFILLED_TAG, FAILURES_TAG, RESUMED_TAG, backfill_epochs

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hsakd_ray.config import ConfigError
-from hsakd_ray.tune.searchers import build_scheduler, param_space
+from hsakd_ray.tune.searchers import build_trial_scheduler, param_space
 from hsakd_ray.tune.space import final_config, load_space, trial_config
 from hsakd_ray.tune.trial import restart_run_name
 
@@ -29,7 +29,7 @@ def test_shipped_space_validates(path):
     assert space.search and (space.teacher_ref or space.teacher_config)
     assert space.base.data.val_fraction > 0  # trials tune on validation, never on test
     assert "params" in param_space(space)
-    build_scheduler(space)
+    build_trial_scheduler(space)
 
 
 def test_published_settings_are_the_cifar_base():

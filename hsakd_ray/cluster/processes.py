@@ -6,7 +6,7 @@ mark finds exactly this cluster's processes. ``ray stop`` is never used: it stop
 """
 from __future__ import annotations
 
-from ..proc import alive, marked_processes, stop_processes
+from ..process_marks import alive, marked_processes, stop_processes
 
 CLUSTER_MARK = "HSAKD_CLUSTER_ID"
 

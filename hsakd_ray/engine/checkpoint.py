@@ -70,6 +70,12 @@ def load_tensor_file(path: str | Path) -> dict[str, Any]:
         reason = _first_reason(str(exc))
         raise CheckpointError(f"checkpoint file {str(path)!r} cannot be loaded with weights_only=True: "
                               f"{reason}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise CheckpointError(f"checkpoint file {str(path)!r} cannot be read: {exc.strerror}") from None
+    except (OSError, ValueError, IndexError, KeyError) as exc:  # a file cut short: torch.load's reader fails oddly
+        reason = _first_reason(str(exc)) if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint file {str(path)!r} is truncated or corrupt ({reason}); "
+                              "download or copy it again") from None
 
 
 def _first_reason(message: str) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from ..config import Config, dump_config
 from ..models import HSAKDNet, build_model, list_architectures, num_stages
-from ..progress import step_bar
+from ..progress_bars import step_bar
 from .checkpoint import CheckpointError, load_tensor_file, load_weights, write_checkpoint
 
 KINDS = ("auto", "teacher", "backbone", "torchvision")

@@ -15,9 +15,9 @@ import torch.distributed as dist
 
 from .. import distill as D
 from ..models import HSAKDNet
-from .fastpath import forward_in_chunks
-from .step import Outputs, Precision, TeacherFn
+from .step import Autocast, Outputs, TeacherFn
 from .tasks import Task
+from .threads import forward_in_chunks
 
 
 def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,8 +67,8 @@ class TeacherAhead:
     """
 
     def __init__(self, teacher: TeacherFn, views: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], threads: int,
-                 precision: Precision) -> None:
-        self.teacher, self.views, self.threads, self.precision = teacher, views, threads, precision
+                 autocast: Autocast) -> None:
+        self.teacher, self.views, self.threads, self.autocast = teacher, views, threads, autocast
         self.pending: deque[Future] = deque()
 
     def __enter__(self) -> TeacherAhead:
@@ -85,7 +85,7 @@ class TeacherAhead:
 
     def _outputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Outputs]:
         views = self.views(x, y)
-        with self.precision():  # autocast is per thread: entered on this one too
+        with self.autocast():  # autocast is per thread: entered on this one too
             return views, self.teacher(views)
 
     def batches(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -121,7 +121,7 @@ def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable,
     epoch. The steps' arithmetic is the same either way.
     """
     task.train()
-    precision = partial(torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    autocast = partial(torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     teacher = task.teacher_outputs
     stream: Iterable = (to_device(x, y, device, channels_last) for x, y in batches)
     totals: dict[str, torch.Tensor] = {}
@@ -130,10 +130,10 @@ def train_epoch(task: Task, optimizer: torch.optim.Optimizer, batches: Iterable,
     with ExitStack() as around:
         if teacher is not None and overlap_threads is not None:
             around.enter_context(intra_op_threads(overlap_threads[1]))
-            teacher = around.enter_context(TeacherAhead(teacher, task.teacher_views, overlap_threads[0], precision))
+            teacher = around.enter_context(TeacherAhead(teacher, task.teacher_views, overlap_threads[0], autocast))
             stream = teacher.batches(stream)
         for x, y in stream:
-            parts = task.step(x, y, optimizer, teacher, precision)
+            parts = task.step(x, y, optimizer, teacher, autocast)
             for k, v in parts.items():
                 totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
             steps += 1

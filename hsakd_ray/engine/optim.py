@@ -28,7 +28,7 @@ def lr_factor(epoch: int, cfg: OptimConfig, total_epochs: int) -> float:
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
                     total_epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per epoch."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg, total_epochs))

@@ -24,21 +24,13 @@ from ..data import DataBundle, as_tensors, build_datasets, is_in_memory, tensor_
 from ..errors import ConfigError, TrainingDiverged
 from .batches import DeviceBatches, stream_seed
 from .checkpoint import write_checkpoint
-from .fastpath import (
-    Choice,
-    autocast_dtype,
-    chunk_rows,
-    compile_or_eager,
-    configure_threads,
-    cpu_flags,
-    resolve_compile,
-    resolve_precision,
-    teacher_split,
-)
+from .compiling import compile_or_eager, resolve_compile
 from .loop import evaluate, train_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import build_lr_scheduler, build_optimizer
+from .precision import Choice, autocast_dtype, cpu_flags, resolve_precision
 from .tasks import Task, build_task
 from .teacher_cache import build_provider, widen_teacher
+from .threads import chunk_rows, configure_threads, teacher_split
 
 # report(epoch, metrics, save) -- ``save(path)`` writes the epoch's checkpoint directory when the reporter wants one.
 Reporter = Callable[[int, dict, Callable[[str | Path], Path]], None]
@@ -143,16 +135,21 @@ def checkpoint_meta(kind: str, cfg: Config, task: Task, epoch: int, metrics: dic
 
 @dataclass
 class StepSetup:
-    """How ``train_epoch`` runs a task's steps: its optimizer and the fast-path switches resolved for the device
-    (applied around the steps, engine/loop.py)."""
+    """How ``train_epoch`` runs a task's steps: its optimizer and the fast path resolved once for the job's device
+    (``train.precision`` becomes ``precision``, a ``Choice``; ``train.compile`` becomes ``compile``), applied around
+    the steps (engine/loop.py)."""
 
     optimizer: torch.optim.SGD
     channels_last: bool
-    autocast: torch.dtype | None
     overlap: tuple[int, int] | None  # (teacher, student) intra-op threads when the teacher runs a batch ahead
     chunk_rows: int                  # rows per eval-mode forward (0: whole batches)
     precision: Choice = Choice("fp32", "")
     compile: Choice = Choice("eager", "")
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The forwards' autocast dtype: bf16, or None (fp32)."""
+        return autocast_dtype(self.precision.value)
 
     def describe(self) -> str:
         """One log line: what was chosen and why."""
@@ -182,8 +179,8 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int, s
     params = itertools.chain.from_iterable(m.parameters() for m in task.trainable_modules())
     optimizer = build_optimizer(params, cfg.optim, fused=fast.fused_optimizer or None)
     precision = resolve_precision(fast.precision, device.type, cpu_flags() if device.type == "cpu" else frozenset())
-    return StepSetup(optimizer, fast.channels_last, autocast_dtype(precision.value), overlap,
-                     chunk_rows(fast.cpu_chunk_rows, device), precision, compiled)
+    return StepSetup(optimizer, fast.channels_last, overlap, chunk_rows(fast.cpu_chunk_rows, device), precision,
+                     compiled)
 
 
 def check_finite_losses(metrics: dict, epoch: int) -> None:
@@ -209,7 +206,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     if rt.rank == 0:
         rt.log(f"{kind} job: {setup.describe()}")
     optimizer, fast, autocast = setup.optimizer, setup.channels_last, setup.autocast
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
+    scheduler = build_lr_scheduler(optimizer, cfg.optim, cfg.train.epochs)
     if rt.resume_state is not None:
         state = rt.resume_state
         task.load_state_dicts(state["models"])
@@ -218,7 +215,8 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         adopt_base_lr(optimizer, scheduler, cfg.optim.lr)
         set_rng_state(state["rng"])
     task.wrap(rt.wrap)
-    provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads)
+    provider = build_provider(rt.teacher_store, task, cfg, rt.rank, rt.world_size, rt.device, autocast, heads,
+                              setup.compile.value)
     if provider is not None:
         task.share_teacher(provider)  # the teacher outputs the steps get: shared by the sweep's trials
         setup.overlap = None  # most batches are a file read: a look-ahead thread would only take the student's cores

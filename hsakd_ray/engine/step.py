@@ -2,7 +2,7 @@
 
 Every step reads: the batch's views -> (the frozen teacher's outputs) -> the trained network's forward -> loss parts
 -> backward -> the optimizer's step. What makes it fast is chosen once and applied around the step, never inside it
-(engine/loop.py, ``train_epoch``): the batch arrives on the device in its memory format; ``precision`` is the
+(engine/loop.py, ``train_epoch``): the batch arrives on the device in its memory format; ``autocast`` is the
 forward's context (bf16 autocast, or nothing); ``teacher`` is where the frozen teacher's outputs come from (its
 forward on this thread, in CPU chunks under inference mode; a forward run one batch ahead on a thread of its own;
 or a sweep's shared store, engine/teacher_cache.py). The step is the same code whichever is chosen.
@@ -20,7 +20,7 @@ from ..config import DistillConfig
 
 Outputs = tuple[torch.Tensor, list[torch.Tensor]]  # a network's (final logits, each head's logits)
 TeacherFn = Callable[[torch.Tensor], Outputs]      # the frozen teacher's outputs on these input rows, no gradient
-Precision = Callable[[], AbstractContextManager]    # a new context for each forward: autocast or nullcontext
+Autocast = Callable[[], AbstractContextManager]    # a new context for each forward: autocast or nullcontext
 Parts = dict[str, torch.Tensor]                     # named loss parts; "loss" is the one minimised
 
 
@@ -32,9 +32,9 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 
 def hsakd_step(student: nn.Module, teacher: TeacherFn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, hp: DistillConfig, precision: Precision = nullcontext) -> Parts:
+               y: torch.Tensor, hp: DistillConfig, autocast: Autocast = nullcontext) -> Parts:
     """One HSAKD distillation step: the student learns from a frozen teacher on the 4-rotation batch."""
-    with precision():
+    with autocast():
         views, _joint = D.rotate_batch(x, y)    # 1. rows 4i..4i+3: image i at 0/90/180/270 degrees, label 4*y_i+k
         t_logits, t_aux = teacher(views)        # 2. the frozen teacher's final and head logits on those rows
         s_logits, s_aux = student(views)        # 3. the student's, on the same rows
@@ -46,9 +46,9 @@ def hsakd_step(student: nn.Module, teacher: TeacherFn, optimizer: torch.optim.Op
 
 
 def kd_step(student: nn.Module, teacher: TeacherFn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-            y: torch.Tensor, hp: DistillConfig, precision: Precision = nullcontext) -> Parts:
+            y: torch.Tensor, hp: DistillConfig, autocast: Autocast = nullcontext) -> Parts:
     """One Hinton KD step: the student matches the frozen teacher's softened logits on the plain batch."""
-    with precision():
+    with autocast():
         t_logits, _ = teacher(x)
         s_logits, _ = student(x)
         parts = D.kd_loss(s_logits, t_logits, y, hp.temperature, hp.beta)
@@ -57,18 +57,18 @@ def kd_step(student: nn.Module, teacher: TeacherFn, optimizer: torch.optim.Optim
 
 
 def ce_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            precision: Precision = nullcontext) -> Parts:
+            autocast: Autocast = nullcontext) -> Parts:
     """One cross-entropy step on the plain batch (the ``ce`` baseline, a linear probe)."""
-    with precision():
+    with autocast():
         parts = D.ce_loss(net(x)[0], y)
     update(optimizer, parts["loss"])
     return parts
 
 
 def teacher_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 precision: Precision = nullcontext) -> Parts:
+                 autocast: Autocast = nullcontext) -> Parts:
     """One teacher step: the classifier on unrotated rows and every head on the joint (class, rotation) label."""
-    with precision():
+    with autocast():
         views, joint = D.rotate_batch(x, y)
         logits, aux = net(views)
         parts = D.teacher_loss(logits, aux, y, joint)
@@ -77,9 +77,9 @@ def teacher_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def mutual_step(student: nn.Module, peer: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, hp: DistillConfig, precision: Precision = nullcontext) -> Parts:
+                y: torch.Tensor, hp: DistillConfig, autocast: Autocast = nullcontext) -> Parts:
     """One online mutual HSAKD step: student and peer each learn from the other's outputs (one optimizer, both)."""
-    with precision():
+    with autocast():
         views, joint = D.rotate_batch(x, y)
         s_logits, s_aux = student(views)
         p_logits, p_aux = peer(views)

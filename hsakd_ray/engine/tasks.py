@@ -18,8 +18,8 @@ from ..distill.methods import method_spec
 from ..errors import CheckpointError, ConfigError
 from ..models import HSAKDNet, build_backbone, build_model
 from .checkpoint import load_network, load_pretrained_backbone
-from .fastpath import chunk_rows, forward_in_chunks
-from .step import Outputs, Parts, Precision, TeacherFn, ce_step, hsakd_step, kd_step, mutual_step, teacher_step
+from .step import Autocast, Outputs, Parts, TeacherFn, ce_step, hsakd_step, kd_step, mutual_step, teacher_step
+from .threads import chunk_rows, forward_in_chunks
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherOutputs
@@ -53,7 +53,7 @@ class Task:
         self.model.train()
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
-             precision: Precision = nullcontext) -> Parts:
+             autocast: Autocast = nullcontext) -> Parts:
         """One training step on the batch (engine/step.py); ``teacher`` replaces ``teacher_outputs`` for it."""
         raise NotImplementedError
 
@@ -89,8 +89,8 @@ class TeacherTask(Task):
             self.network.backbone.eval()  # BN statistics of the pretrained backbone stay fixed
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
-             precision: Precision = nullcontext) -> Parts:
-        return teacher_step(self.model, optimizer, x, y, precision)
+             autocast: Autocast = nullcontext) -> Parts:
+        return teacher_step(self.model, optimizer, x, y, autocast)
 
 
 class DistillTask(Task):
@@ -128,14 +128,14 @@ class DistillTask(Task):
         return D.rotate_batch(x, y)[0] if self.method.rotation else x
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
-             precision: Precision = nullcontext) -> Parts:
+             autocast: Autocast = nullcontext) -> Parts:
         """This method's step (engine/step.py): ``hsakd_step``, ``kd_step`` or ``ce_step``."""
         teacher = self.teacher_outputs if teacher is None else teacher
         if self.method.teacher_heads:
-            return hsakd_step(self.model, teacher, optimizer, x, y, self.cfg, precision)
+            return hsakd_step(self.model, teacher, optimizer, x, y, self.cfg, autocast)
         if self.method.needs_teacher:
-            return kd_step(self.model, teacher, optimizer, x, y, self.cfg, precision)
-        return ce_step(self.model, optimizer, x, y, precision)
+            return kd_step(self.model, teacher, optimizer, x, y, self.cfg, autocast)
+        return ce_step(self.model, optimizer, x, y, autocast)
 
 
 class MutualTask(Task):
@@ -157,8 +157,8 @@ class MutualTask(Task):
         self.peer.train()
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
-             precision: Precision = nullcontext) -> Parts:
-        return mutual_step(self.model, self.peer, optimizer, x, y, self.cfg, precision)
+             autocast: Autocast = nullcontext) -> Parts:
+        return mutual_step(self.model, self.peer, optimizer, x, y, self.cfg, autocast)
 
     def networks_to_evaluate(self) -> dict[str, HSAKDNet]:
         return {"": self.network, "peer_": _unwrap(self.peer)}
@@ -200,8 +200,8 @@ class ProbeTask(Task):
         self.model.eval()  # frozen features: BN keeps its statistics; only the classifier's weights move
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, teacher: TeacherFn | None = None,
-             precision: Precision = nullcontext) -> Parts:
-        return ce_step(self.model, optimizer, x, y, precision)
+             autocast: Autocast = nullcontext) -> Parts:
+        return ce_step(self.model, optimizer, x, y, autocast)
 
 
 def require_inputs(kind: str, cfg: Config) -> None:

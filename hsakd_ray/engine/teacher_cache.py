@@ -5,7 +5,9 @@ experiment's storage directory (shared by the nodes of a cluster, as Ray's stora
 holds them under ``STREAM/EPOCH/RANK-STEP.pt``, where STREAM hashes everything that decides a worker's batches and
 the teacher's arithmetic (``stream_key``). Each file also carries a fingerprint of the exact input rows, checked on
 every read: a trial whose batch differs (another stream, a changed augmentation) computes its own outputs, so a read
-can never hand a trial outputs it would not have computed itself.
+can never hand a trial outputs it would not have computed itself. Each file starts with a checksum of the bytes after
+it, verified on every read: a file changed after it was written (overwritten in place, bit rot) is recomputed, never
+trained on.
 
 Writes are atomic (temp file + ``os.replace``). Before computing a missing batch a trial takes a claim
 (``O_CREAT | O_EXCL``) naming its host and process; a trial finding a claim waits for the file (bounded), then
@@ -14,11 +16,13 @@ has exited (a trial ASHA stopped or PBT restarted mid-batch), else when it is ol
 A byte budget bounds the store: when full, later batches are not stored (the first epochs are kept, since every
 trial of a sweep starts at epoch 1 and ASHA stops most trials early, so early epochs are the ones most trials read).
 The store never fails a trial: when it is unwritable, full or a file is corrupt, the trial computes, and says so
-once.
+once: in the worker's log, and (``TeacherOutputs.epoch_metrics``, key ``WARNING_KEY``) in the epoch's reported
+metrics, which the sweep's driver prints and tags on the trial's MLflow run.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +42,8 @@ from ..distill.methods import method_spec
 Outputs = tuple[torch.Tensor, list[torch.Tensor]]  # (final logits, each head's logits)
 logger = logging.getLogger("hsakd_ray.teacher_cache")
 HOST = socket.gethostname()
+MAGIC = b"hsakd-teacher-outputs 2\n"  # then the payload's blake2b-128 in hex and a newline, then torch.save's bytes
+WARNING_KEY = "teacher_store_warning"  # a reported metric: this trial's store warnings so far, one a line
 
 
 def _owner_gone(claim: Path) -> bool:
@@ -85,6 +91,28 @@ def fingerprint(x: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def checksum(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=16).hexdigest().encode()
+
+
+def seal(blob: dict) -> bytes:
+    """The bytes of a stored file: ``MAGIC``, the payload's checksum, the payload (``blob`` as torch.save writes)."""
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    payload = buffer.getvalue()
+    return MAGIC + checksum(payload) + b"\n" + payload
+
+
+def unseal(data: bytes) -> bytes | None:
+    """The payload of a stored file's bytes, or None when they do not match their checksum; ValueError when they
+    are no stored file at all (no header)."""
+    head = len(MAGIC) + 33
+    if not data.startswith(MAGIC) or len(data) < head or data[head - 1:head] != b"\n":
+        raise ValueError("no teacher-store header")
+    payload = data[head:]
+    return payload if data[len(MAGIC):head - 1] == checksum(payload) else None
+
+
 def stream_key(teacher: nn.Module, parts: dict[str, Any]) -> str:
     """Hash of the teacher's weights (its content id, heads included) and ``parts`` (data config, batch size, seed,
     world size, rank, precision...): equal keys mean equal batches and equal teacher arithmetic."""
@@ -109,34 +137,50 @@ class TeacherStore:
         self._used: int | None = None
         self._since_scan = 0
         self._warned: set[str] = set()
+        self.warnings: list[str] = []  # every message warned, in order (each kind once)
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            self.warn(f"teacher store: {message}")
+            self.warnings.append(f"teacher store: {message}")
+            self.warn(self.warnings[-1])
 
     def path(self, epoch: int, step: int, suffix: str = ".pt") -> Path:
         return self.dir / f"{epoch:05d}" / f"{self.rank}-{step:06d}{suffix}"
 
     def read(self, epoch: int, step: int, fp: str) -> Outputs | None:
-        """The stored outputs of this batch, or None (absent, another batch's, or unreadable: then removed)."""
+        """The stored outputs of this batch, or None (absent, another batch's, or unreadable or not matching its
+        checksum: then removed, so the trial's own outputs replace it)."""
         path = self.path(epoch, step)
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            return self._discard(path, "corrupt", f"{path} is unreadable ({type(exc).__name__}); computing instead")
+        try:
+            payload = unseal(data)
+        except ValueError:
+            return self._discard(path, "corrupt", f"{path} is unreadable (no teacher-store header); computing instead")
+        if payload is None:
+            return self._discard(path, "checksum", f"{path} does not match its checksum (changed after it was "
+                                                   "written); recomputing it")
+        try:
+            blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (any unreadable file: compute instead)
-            self._warn_once("corrupt", f"{path} is unreadable ({type(exc).__name__}); computing instead")
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
-            return None
+            return self._discard(path, "corrupt", f"{path} is unreadable ({type(exc).__name__}); computing instead")
         if not isinstance(blob, dict) or blob.get("fingerprint") != fp:
             return None  # another batch under this step: this trial's stream differs; compute
         if self.dtype is not None:  # stored rounded to save space: hand the step fp32 again
             return blob["logits"].float(), [q.float() for q in blob["aux"]]
         return blob["logits"], list(blob["aux"])
+
+    def _discard(self, path: Path, kind: str, message: str) -> None:
+        self._warn_once(kind, message)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def claim(self, epoch: int, step: int) -> bool:
         """Take the claim to compute this batch; False when another live trial holds it."""
@@ -217,10 +261,11 @@ class TeacherStore:
         path = self.path(epoch, step)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            data = seal(blob)
             fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    torch.save(blob, f)
+                    f.write(data)
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -309,13 +354,15 @@ class TeacherOutputs:
         return out
 
     def epoch_metrics(self) -> dict[str, float]:
-        """This epoch's share of steps read from the store (``teacher_cache/hit_fraction``), running totals, and the
-        seconds sharing cost: hashing rows, reading and writing files (``store_seconds``), waiting on claims."""
+        """This epoch's share of steps read from the store (``teacher_cache/hit_fraction``), running totals, the
+        seconds sharing cost: hashing rows, reading and writing files (``store_seconds``), waiting on claims; and,
+        once the store has warned, its warnings so far (``WARNING_KEY``, a string: never an MLflow metric)."""
         c = self.counts
         steps = c["hits"] + c["computed"]
         self.totals["hits"] += c["hits"]
         self.totals["steps"] += steps
-        return {"teacher_cache/hit_fraction": c["hits"] / steps if steps else 0.0,
+        said = {WARNING_KEY: "\n".join(self.store.warnings)} if self.store.warnings else {}
+        return {**said,"teacher_cache/hit_fraction": c["hits"] / steps if steps else 0.0,
                 "teacher_cache/hits": float(c["hits"]), "teacher_cache/computed": float(c["computed"]),
                 "teacher_cache/waited": float(c["waited"]), "teacher_cache/store_seconds": self.seconds["store"],
                 "teacher_cache/wait_seconds": self.seconds["wait"],
@@ -323,15 +370,30 @@ class TeacherOutputs:
                 "teacher_cache/steps_total": float(self.totals["steps"])}
 
 
-def stream_parts(cfg: Any, rank: int, world_size: int, device: torch.device, autocast: torch.dtype | None) -> dict:
-    """What, besides the teacher's weights, decides a worker's batches and the teacher's arithmetic."""
+def device_kind(device: torch.device) -> str:
+    """The kind of chip the teacher runs on, as far as it changes its arithmetic: the GPU model and compute
+    capability with its TF32 switches, or the CPU's vector instruction set (the kernels torch dispatches to)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        return (f"cuda {torch.cuda.get_device_name(device)} sm{major}{minor} tf32 "
+                f"matmul={torch.backends.cuda.matmul.allow_tf32} cudnn={torch.backends.cudnn.allow_tf32}")
+    if device.type == "cpu":
+        return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    return device.type
+
+
+def stream_parts(cfg: Any, rank: int, world_size: int, device: torch.device, autocast: torch.dtype | None,
+                 compiled: str = "eager") -> dict:
+    """What, besides the teacher's weights, decides a worker's batches and the teacher's arithmetic: the precision
+    (``autocast``, as resolved from ``train.precision``) and compile mode (``compiled``, as resolved from
+    ``train.compile`` / ``compile_mode``: "eager" or the mode) the job runs with, not their settings, so trials whose
+    settings resolve alike share a stream and trials whose arithmetic differs never do."""
     data = {k: v for k, v in asdict(cfg.data).items() if k not in ("loader_workers", "download")}
     t = cfg.train
     return {"data": data, "batch_size": t.batch_size, "seed": t.seed, "world_size": world_size, "rank": rank,
-            "method": cfg.distill.method, "device": device.type, "autocast": str(autocast),
-            "precision": str(t.precision), "channels_last": t.channels_last, "chunk_rows": t.cpu_chunk_rows,
-            "inference_mode": t.inference_mode,
-            "device_data": t.device_data, "compile": t.compile}
+            "method": cfg.distill.method, "device": device.type, "device_kind": device_kind(device),
+            "precision": str(autocast), "compile": compiled, "channels_last": t.channels_last,
+            "chunk_rows": t.cpu_chunk_rows, "inference_mode": t.inference_mode, "device_data": t.device_data}
 
 
 def shares(settings: dict | StoreSettings | None, task: Any, cfg: Any) -> bool:
@@ -357,11 +419,11 @@ def widen_teacher(settings: dict | StoreSettings | None, task: Any, cfg: Any) ->
 
 def build_provider(settings: dict | StoreSettings | None, task: Any, cfg: Any, rank: int, world_size: int,
                    device: torch.device, autocast: torch.dtype | None,
-                   heads: list[int] | None = None) -> TeacherOutputs | None:
+                   heads: list[int] | None = None, compiled: str = "eager") -> TeacherOutputs | None:
     """A provider for a distill task with a frozen teacher when sharing is on (``settings``), else None."""
     if not shares(settings, task, cfg):
         return None
     if isinstance(settings, dict):
         settings = StoreSettings(**settings)
-    stream = stream_key(task.teacher, stream_parts(cfg, rank, world_size, device, autocast))
+    stream = stream_key(task.teacher, stream_parts(cfg, rank, world_size, device, autocast, compiled))
     return TeacherOutputs(TeacherStore(settings, stream, rank), device, heads)

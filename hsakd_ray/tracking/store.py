@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import TrackingError
-from ..paths import unwritable_reason
+from ..writable import unwritable_reason
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default; named here so resolving needs no mlflow import
 

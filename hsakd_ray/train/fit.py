@@ -16,9 +16,9 @@ from ..tracking.epoch_logger import MLflowEpochLogger, backfill_epochs
 from ..tracking.plots import plot_learning_curves, run_histories
 from ..tracking.references import CHECKPOINT_ARTIFACT, register_checkpoint
 from ..tracking.ui import print_ui
+from .epoch_lines import JobProgress
+from .job_checks import checkpoint_references, job_description, job_need
 from .job_spec import Job
-from .preflight import checkpoint_references, job_description, job_need
-from .progress import JobProgress
 from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside, shutdown_within
 from .student_model import log_student_model
 from .trainer import build_trainer
@@ -97,7 +97,7 @@ def fit_tracked(job: Job, client: MlflowClient, resume: bool, config_path: str |
                 backfill_epochs(client, run.run_id, f"{storage}/{name}")
             print(f"MLflow run {run.run_id} in experiment {cfg.tracking.experiment!r} at {uri}; "
                   f"Ray run {storage}/{name}", flush=True)
-            progress = JobProgress(name, cfg.train.epochs)  # the console's line per epoch (train/progress.py)
+            progress = JobProgress(name, cfg.train.epochs)  # the console's line per epoch (train/epoch_lines.py)
             # the console's callback first: an epoch MLflow has is already queued for the console
             trainer = build_trainer(job, [progress.callback, MLflowEpochLogger(uri, run.run_id)])
             result = progress.fit(trainer)

@@ -1,6 +1,6 @@
 """The driver of ``hsakd-ray teacher|distill|probe``: one Ray Train job = one MLflow run.
 
-A straight line: every check that can refuse the job runs first (preflight.py), before Ray or MLflow are even
+A straight line: every check that can refuse the job runs first (job_checks.py), before Ray or MLflow are even
 imported, so a refusal takes seconds and writes nothing; then the ``Job`` is resolved once (its name, storage and the
 checkpoint it starts from), Ray starts (or is joined) and the run is tracked and fitted (fit.py → trainer.py →
 worker.py → engine)."""
@@ -12,9 +12,9 @@ from ..config import Config, run_name
 from ..distill.methods import method_spec
 from ..tracking.references import resolve_checkpoint
 from ..tracking.store import resolve_tracking_uri
+from .job_checks import check_ray_job, checkpoint_references, resolve_storage_path
 from .job_spec import Job, read_checkpoint_files
 from .prefetch import prefetch_dataset
-from .preflight import check_ray_job, checkpoint_references, resolve_storage_path
 
 
 def read_start_checkpoint(cfg: Config, kind: str, tracking_uri: str) -> dict[str, bytes] | None:

@@ -12,12 +12,12 @@ from typing import TypeVar
 
 import ray
 
-from ..console import ray_logging_level, verbose
 from ..errors import ClusterError, ConfigError
-from ..proc import alive, marked_processes, open_files, start_time, stop_processes
+from ..process_marks import alive, marked_processes, open_files, start_time, stop_processes
 from ..ray_compat import autoscaler_max_resources
 from ..tracking.store import is_local_store
-from .preflight import is_remote_storage, joins_cluster, shortfall
+from ..verbosity import ray_logging_level, verbose
+from .job_checks import is_remote_storage, joins_cluster, shortfall
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ def init_ray(address: str | None) -> bool:
     if not joins_cluster(address):  # only the processes ray.init spawns carry the mark, not later children of ours
         os.environ[DRIVER_MARK] = _driver_id(os.getpid())
     try:
-        # -v: Ray's own output back (console.py)
+        # -v: Ray's own output back (verbosity.py)
         context = ray.init(address=address or None, log_to_driver=verbose(), logging_level=ray_logging_level())
     except ConnectionError as exc:
         raise ClusterError(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "

@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ..config import ConfigError, config_from_dict
-from ..console import verbose
 from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..engine.selection import kept_metric
@@ -21,19 +20,20 @@ from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
 from ..train.job import run_ray_job
+from ..train.job_checks import resolve_storage_path
 from ..train.job_spec import read_checkpoint_files
 from ..train.prefetch import prefetch_dataset
-from ..train.preflight import resolve_storage_path
 from ..train.ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
+from ..verbosity import verbose
 from . import results as out
-from .console import SweepTable
 from .final import FINAL_TEACHER_TAG, final_teacher_stages, prepare_final_teacher
-from .mlflow_logger import MLflowTrialLogger
-from .preflight import TRIAL, Sweep, checked_sweep, trial_need
+from .mlflow_logger import MLflowTrialLogger, trial_outcomes
 from .resources import trial_resources
-from .searchers import build_scheduler, build_search_alg, param_space
+from .searchers import build_search_alg, build_trial_scheduler, param_space
 from .sharing import sharing_settings
-from .space import SearchSpace, check_placement, distribution_values, final_config
+from .space import SearchSpace, check_placement, distribution_values, final_config, space_snapshot
+from .sweep_checks import TRIAL, Sweep, checked_sweep, record_space, trial_need
+from .sweep_table import SweepTable
 from .trial import default_concurrency, run_trial
 
 
@@ -51,8 +51,8 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
         check_placement(cfg, teacher_stages, where)
 
 
-def prepare_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
-                    resume: bool, exp_path: str | None = None) -> tuple[str | None, dict[str, bytes] | None]:
+def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
+                   resume: bool, exp_path: str | None = None) -> tuple[str | None, dict[str, bytes] | None]:
     """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files). An
     interrupted teacher is continued by ``--resume`` (the same MLflow run, from its Train checkpoint)."""
     if not method_spec(space.base.distill.method).needs_teacher:
@@ -137,9 +137,19 @@ def run_experiment(space_path: str, overrides: list[str] = (), tracking_uri: str
 
 
 def run_sweep(sweep: Sweep) -> dict:
-    """A sweep that passed ``checked_sweep``: start or join Ray, train or resolve the teacher, tune, summarise."""
+    """A sweep that passed ``checked_sweep``: start or join Ray, train or resolve the teacher, tune, summarise; the
+    experiment's lock is released however it ends."""
+    try:
+        return _run_sweep(sweep)
+    finally:
+        if sweep.lock is not None:
+            sweep.lock.release()
+
+
+def _run_sweep(sweep: Sweep) -> dict:
     space, space_path, uri, storage = sweep.space, sweep.space_path, sweep.uri, sweep.storage
     exp_path, resume, address = sweep.exp_path, sweep.resume, sweep.address
+    started_with = space_snapshot(space)  # before tuning_teacher names the teacher's run in its config
     prefetch_dataset(space.base.data)  # a download's progress bar on this console, before any trial starts
     _, client = init_ray_beside(address, lambda: MlflowClient(uri))
     check_cluster_paths(storage, uri, address)
@@ -148,7 +158,7 @@ def run_sweep(sweep: Sweep) -> dict:
 
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
-    teacher_ref, teacher_files = prepare_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
+    teacher_ref, teacher_files = tuning_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
     restore = bool(resume) and tune.Tuner.can_restore(exp_path)  # else interrupted before the trials started
     metric, mode = tuning_metric(space), space.tune.mode
     tags = R.base_tags("tune", space.name)
@@ -164,6 +174,7 @@ def run_sweep(sweep: Sweep) -> dict:
         train_storage = str(Path(storage) / f"{space.name}-trials")
         logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
         tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode, restore)
+        record_space(started_with, space.name, exp_path)
         resume_hint = f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}"
         with SweepInterrupt() as interrupt:
             try:
@@ -180,8 +191,7 @@ def run_sweep(sweep: Sweep) -> dict:
             logger.close_unfinished()
             print(resume_hint, flush=True)
             raise KeyboardInterrupt
-        return summarise(space, grid, client, parent.run_id, logger.run_ids, teacher_ref, Path(exp_path), metric,
-                         mode)
+        return summarise(space, grid, client, parent.run_id, teacher_ref, Path(exp_path), metric, mode)
 
 
 def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: dict[str, bytes] | None,
@@ -196,15 +206,15 @@ def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: 
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   param_space=param_space(space))
     run_config = tune.RunConfig(name=space.name, storage_path=storage,
-                                callbacks=[logger, SweepTable(space, metric, mode)],
-                                verbose=None if verbose() else 0,  # our table (tune/console.py); -v: Tune's own
+                                callbacks=[logger, SweepTable(space, metric, mode, history=logger.history)],
+                                verbose=None if verbose() else 0,  # our table (tune/sweep_table.py); -v: Tune's own
                                 failure_config=tune.FailureConfig(max_failures=space.base.ray.max_failures))
     concurrency = space.tune.max_concurrent_trials or default_concurrency(space)
     return tune.Tuner(
         trainable, param_space=param_space(space), run_config=run_config,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, num_samples=space.tune.num_samples,
-            scheduler=build_scheduler(space), search_alg=build_search_alg(space, concurrency),
+            scheduler=build_trial_scheduler(space), search_alg=build_search_alg(space, concurrency),
             time_budget_s=space.tune.time_budget_s),
     )
 
@@ -228,21 +238,23 @@ def final_teacher_for(space: SearchSpace, client: MlflowClient, parent: str, tun
     return ref
 
 
-def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, run_ids: dict[str, str],
-              teacher_ref: str | None, exp_path: Path, metric: str, mode: str) -> dict:
-    rows = out.trial_rows(grid, metric, mode, run_ids)
+def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, teacher_ref: str | None, exp_path: Path,
+              metric: str, mode: str) -> dict:
+    """Rank the trials, write and log the results, tag the winner on the parent run, prepare the final run: all from
+    every trial's true final state (``trial_outcomes``), so a resumed sweep reports what an uninterrupted one would."""
+    outcomes = trial_outcomes(client, client.get_run(parent).info.experiment_id, parent, grid, metric)
+    rows = out.trial_rows(outcomes, metric, mode)
     searched = list(space.search)
     if not rows or all(r[f"best_{metric}"] != r[f"best_{metric}"] for r in rows):
         raise RuntimeError(f"no trial reported {metric}; see {exp_path}")
     best = rows[0]
-    best_result = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
-    best_params = best_result.config["params"]
+    best_params = next(o.params for o in outcomes if o.trial_id == best["trial_id"])
     results_dir = exp_path / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     files = [out.write_csv(rows, results_dir / "trials.csv"),
              out.plot_metric_vs_params(rows, metric, searched, results_dir / "metric_vs_params.png"),
              out.plot_metric_by_placement(rows, metric, results_dir / "metric_by_placement.png"),
-             out.plot_trial_curves(grid, metric, results_dir / "learning_curves.png", space.base.train.epochs),
+             out.plot_trial_curves(outcomes, metric, results_dir / "learning_curves.png", space.base.train.epochs),
              out.plot_metric_vs_compute(rows, metric, mode, results_dir / "metric_vs_compute.png")]
     for path in files:
         client.log_artifact(parent, str(path))

@@ -20,7 +20,7 @@ from ..engine import read_meta
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..train.job import run_ray_job
-from ..train.preflight import is_remote_storage, resolve_storage_path
+from ..train.job_checks import is_remote_storage, resolve_storage_path
 from .space import SearchSpace
 
 FINAL_TEACHER_TAG = "hsakd.final_teacher"

@@ -8,19 +8,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from ..config import config_to_dict, flatten
+from ..engine.teacher_cache import WARNING_KEY
 from ..tracking import runs as R
 from ..tracking.epoch_logger import FAST_PATH_TAGS, backfill_epochs
+from .results import TrialOutcome, outcome_from_result
 from .sharing import SharingTally, logged_sharing
 from .space import SearchSpace, trial_config
 
 EPOCH_SCALARS = ("lr", "images_per_sec", "epoch_time", "epoch_total_time")  # logged besides "split/name" keys
 
 TRIAL_TAG = "hsakd.trial_id"
+STORE_WARNING_TAG = "hsakd.teacher_store_warning"  # what the shared teacher store warned a trial's rank 0 about
 # result key -> run tag: the node rank 0 ran on, and the precision / compile mode its fast path resolved to
 NODE_TAGS = {"worker_node_id": "ray.node_id", "worker_node_ip": "ray.node_ip", **FAST_PATH_TAGS}
 
@@ -37,6 +41,7 @@ class MLflowTrialLogger(Callback):
         self.closed: set[str] = set()  # trials whose run has its final status
         self._client: MlflowClient | None = None
         self.sharing = SharingTally()  # teacher outputs each trial read from the sweep's store
+        self.store_warnings: dict[str, list[str]] = {}  # trial id -> the store's warnings, each printed once
 
     @property
     def client(self) -> MlflowClient:
@@ -79,11 +84,21 @@ class MLflowTrialLogger(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.run_id(trial)
 
+    def history(self, trial_id: str, key: str) -> list[tuple[int, float]]:
+        """(epoch, value) of ``key`` as the trial's MLflow run holds it, epochs backfilled after an interrupt
+        included: what the console reports for a trial that a resumed sweep ran without a new epoch."""
+        run_id = self.run_ids.get(trial_id)
+        if run_id is None:
+            found = trial_runs(self.client, self.experiment_id, self.parent)
+            run_id = found[trial_id].info.run_id if trial_id in found else None
+        return metric_history(self.client, run_id, key) if run_id else []
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch" not in result:
             return
         run_id, epoch = self.run_id(trial), int(result["epoch"])
         self._tag_node(run_id, trial.trial_id, result)
+        self._note_store_warnings(run_id, trial.trial_id, result.get(WARNING_KEY))
         self.sharing.add(trial.trial_id, result)
         self.last_epoch[trial.trial_id] = epoch
         if epoch in self.logged[trial.trial_id]:
@@ -105,6 +120,18 @@ class MLflowTrialLogger(Callback):
             for tag, value in node.items():
                 self.client.set_tag(run_id, tag, value)
             self.nodes[trial_id] = node
+
+    def _note_store_warnings(self, run_id: str, trial_id: str, said: str | None) -> None:
+        """Print each new warning of the trial's teacher store on the console, once, and tag the run with them all
+        (a worker reports every warning so far with each epoch)."""
+        seen = self.store_warnings.setdefault(trial_id, [])
+        new = [m for m in (said or "").splitlines() if m and m not in seen]
+        if not new:
+            return
+        for message in new:
+            print(f"trial {trial_id}: {message}", flush=True)
+        seen.extend(new)
+        self.client.set_tag(run_id, STORE_WARNING_TAG, "\n".join(seen)[:5000])
 
     def _tag_sharing(self, run_id: str, trial_id: str) -> None:
         hits, steps = self.sharing.trial(trial_id)
@@ -174,3 +201,40 @@ def trial_error(trial) -> str:
     path = trial.error_file
     lines = Path(path).read_text().strip().splitlines() if path and Path(path).is_file() else []
     return lines[-1] if lines else "trial failed (see Ray trial error file)"
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent: str) -> dict:
+    """Trial id -> its MLflow child run under ``parent`` (the one source that outlives the driver's memory)."""
+    filter_ = f"tags.`{R.PARENT_TAG}` = '{parent}' and tags.`{R.KIND_TAG}` = 'trial'"
+    runs = client.search_runs([experiment_id], filter_string=filter_, max_results=10000)
+    return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(epoch, value) of ``key`` in ``run_id``, one per epoch (the latest write of an epoch wins), in epoch order."""
+    by_epoch = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: (m.step, m.timestamp))}
+    return sorted(by_epoch.items())
+
+
+def trial_outcomes(client: MlflowClient, experiment_id: str, parent: str, result_grid,
+                   metric: str) -> list[TrialOutcome]:
+    """Every trial's true final state: its epochs and metrics from its MLflow run, its sampled values from Tune.
+
+    After ``Tuner.restore`` Tune's record of a trial can be short (a trial whose last epoch was checkpointed during
+    the interrupt reports nothing when restarted: no history, no run id in this driver's memory), while its MLflow
+    run holds every epoch, backfilled from the checkpoint. A trial with no run (it never started) keeps Tune's."""
+    runs = trial_runs(client, experiment_id, parent)
+    outcomes = []
+    for result in result_grid:
+        tuned = outcome_from_result(result, metric)
+        run = runs.get(tuned.trial_id)
+        if run is None:
+            outcomes.append(tuned)
+            continue
+        history = metric_history(client, run.info.run_id, metric)
+        outcomes.append(TrialOutcome(
+            tuned.trial_id, tuned.params, pd.DataFrame(history or None, columns=["epoch", metric]),
+            {**run.data.metrics, "epoch": history[-1][0] if history else tuned.last.get("epoch", 0)},
+            tuned.error or run.info.status == "FAILED", run.info.run_id))
+    return outcomes

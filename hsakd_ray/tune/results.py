@@ -6,12 +6,14 @@ import csv
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -27,23 +29,47 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def trial_rows(result_grid, metric: str, mode: str, run_ids: dict[str, str]) -> list[dict]:
-    """One row per trial: id, status, epochs, last and best metric, sampled values, compute used (totals at its last
-    report: cpu_seconds, gpu_seconds, wall_seconds, images_seen), MLflow run id."""
+@dataclass
+class TrialOutcome:
+    """A trial's true final state, what every result of a sweep is built from: the epochs its MLflow run holds
+    (each once, the checkpointed ones backfilled after an interrupt, so the same after ``--resume`` as without),
+    the values Tune sampled for it, and whether it failed."""
+
+    trial_id: str
+    params: dict
+    history: pd.DataFrame                   # one row per epoch: "epoch" and the tuning metric
+    last: dict = field(default_factory=dict)  # the latest value of every metric (compute totals among them)
+    error: bool = False
+    run_id: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return int(self.history["epoch"].max()) if len(self.history) else int(self.last.get("epoch", 0) or 0)
+
+
+def outcome_from_result(result, metric: str, run_id: str = "") -> TrialOutcome:
+    """A trial's outcome from what Tune recorded alone (a trial with no MLflow run)."""
+    history = result.metrics_dataframe
+    if history is None or metric not in history or "epoch" not in history:
+        history = pd.DataFrame({"epoch": [], metric: []})
+    history = history.dropna(subset=[metric])[["epoch", metric]]
+    last = result.metrics or {}
+    return TrialOutcome(last.get("trial_id") or Path(result.path).name, (result.config or {}).get("params", {}),
+                        history.reset_index(drop=True), dict(last), bool(result.error), run_id)
+
+
+def trial_rows(outcomes: list[TrialOutcome], metric: str, mode: str) -> list[dict]:
+    """One row per trial, best first: id, status, epochs, last and best metric, sampled values, compute used
+    (totals at its last epoch: cpu_seconds, gpu_seconds, wall_seconds, images_seen), MLflow run id."""
     rows = []
-    for result in result_grid:
-        history = result.metrics_dataframe
-        values = history[metric].dropna().tolist() if history is not None and metric in history else []
+    for o in outcomes:
+        values = o.history[metric].tolist() if metric in o.history else []
         best = (max(values) if mode == "max" else min(values)) if values else math.nan
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        params = (result.config or {}).get("params", {})
-        last = result.metrics or {}
-        rows.append({"trial_id": trial_id, "status": "ERROR" if result.error else "OK",
-                     "epochs": int(last.get("epoch", 0) or 0),
+        rows.append({"trial_id": o.trial_id, "status": "ERROR" if o.error else "OK", "epochs": o.epochs,
                      f"last_{metric}": values[-1] if values else math.nan, f"best_{metric}": best,
-                     **{k: _cell(v) for k, v in params.items()},
-                     **{k.split("/", 1)[1]: float(last.get(k, math.nan)) for k in COMPUTE_KEYS},
-                     "mlflow_run_id": run_ids.get(trial_id, "")})
+                     **{k: _cell(v) for k, v in o.params.items()},
+                     **{k.split("/", 1)[1]: float(o.last.get(k, math.nan)) for k in COMPUTE_KEYS},
+                     "mlflow_run_id": o.run_id})
     reverse = mode == "max"
     rows.sort(key=lambda r: (-math.inf if math.isnan(r[f"best_{metric}"]) else r[f"best_{metric}"]), reverse=reverse)
     return rows
@@ -120,24 +146,22 @@ def plot_metric_by_placement(rows: list[dict], metric: str, path: Path, key: str
     return path
 
 
-def plot_trial_curves(result_grid, metric: str, path: Path, total_epochs: int | None = None) -> Path:
+def plot_trial_curves(outcomes: list[TrialOutcome], metric: str, path: Path, total_epochs: int | None = None) -> Path:
     """The tuning metric per epoch for every trial; a trial stopped before ``total_epochs`` ends in a cross."""
-    fig = trial_curves_figure(result_grid, metric, total_epochs)
+    fig = trial_curves_figure(outcomes, metric, total_epochs)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def trial_curves_figure(result_grid, metric: str, total_epochs: int | None = None):
+def trial_curves_figure(outcomes: list[TrialOutcome], metric: str, total_epochs: int | None = None):
     fig, ax = plt.subplots(figsize=(6, 3.6))
     stopped_label = True
-    for result in result_grid:
-        df = result.metrics_dataframe
-        if df is not None and metric in df and "epoch" in df:
-            df = df.dropna(subset=[metric])
-            label = (result.metrics or {}).get("trial_id") or Path(result.path).name
-            (line,) = ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=label)
-            if total_epochs and len(df) and int(df["epoch"].iloc[-1]) < total_epochs:
+    for o in outcomes:
+        df = o.history
+        if metric in df and len(df):
+            (line,) = ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, label=o.trial_id)
+            if total_epochs and int(df["epoch"].iloc[-1]) < total_epochs:
                 ax.scatter(df["epoch"].iloc[-1:], df[metric].iloc[-1:], marker="X", s=70, color=line.get_color(),
                            edgecolors="black", zorder=3, label="stopped early" if stopped_label else None)
                 stopped_label = False

@@ -29,7 +29,7 @@ def param_space(space: SearchSpace) -> dict:
     return {"params": {key: to_tune(spec) for key, spec in space.search.items()}}
 
 
-def build_scheduler(space: SearchSpace):
+def build_trial_scheduler(space: SearchSpace):
     """Metric and mode come from TuneConfig (Tune refuses them twice)."""
     s = space.tune.scheduler
     max_t = s.max_t or space.base.train.epochs

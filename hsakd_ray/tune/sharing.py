@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..distill.methods import method_spec
 from ..engine.teacher_cache import StoreSettings
-from ..train.preflight import is_remote_storage  # not ray_session: a refused space imports no Ray
+from ..train.job_checks import is_remote_storage  # not ray_session: a refused space imports no Ray
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

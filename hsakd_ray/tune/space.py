@@ -17,6 +17,7 @@ from ..config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    flatten,
     read_yaml,
     set_dotted,
 )
@@ -245,7 +246,38 @@ def check_sharing(t: TuneSpec) -> None:
                           f"got {t.teacher_store_dtype!r}")
 
 
+def check_number(value: Any, key: str, lo: float, *, integer: bool = False, lo_open: bool = False,
+                 optional: bool = False) -> None:
+    """``value`` is a number (an integer with ``integer``) >= ``lo`` (> with ``lo_open``), or None if ``optional``."""
+    if value is None and optional:
+        return
+    kind = (int,) if integer else (int, float)
+    if not isinstance(value, kind) or isinstance(value, bool) or (value <= lo if lo_open else value < lo) \
+            or (not integer and not math.isfinite(value)):
+        what = "an integer" if integer else "a number"
+        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise ConfigError(f"{key} must be {what} {bound}{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_numbers(tune: TuneSpec) -> None:
+    """The ``tune`` numbers Ray would refuse (or take wrongly) only once trials start, refused here."""
+    s, r = tune.scheduler, tune.resources
+    check_number(tune.num_samples, "tune.num_samples", 1, integer=True)
+    check_number(tune.max_concurrent_trials, "tune.max_concurrent_trials", 1, integer=True, optional=True)
+    check_number(tune.time_budget_s, "tune.time_budget_s", 0, lo_open=True, optional=True)
+    check_number(tune.seed, "tune.seed", 0, integer=True)
+    check_number(tune.top_k, "tune.top_k", 1, integer=True)
+    check_number(s.grace_period, "tune.scheduler.grace_period", 1, integer=True)
+    check_number(s.reduction_factor, "tune.scheduler.reduction_factor", 1, lo_open=True)
+    check_number(s.max_t, "tune.scheduler.max_t", 1, integer=True, optional=True)
+    check_number(s.perturbation_interval, "tune.scheduler.perturbation_interval", 1, integer=True)
+    check_number(r.num_workers, "tune.resources.num_workers", 1, integer=True)
+    check_number(r.cpus_per_worker, "tune.resources.cpus_per_worker", 0, lo_open=True)
+    check_number(r.gpus_per_worker, "tune.resources.gpus_per_worker", 0)
+
+
 def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
+    _check_numbers(tune)
     check_sharing(tune)
     s = tune.scheduler
     if s.type not in SCHEDULERS:
@@ -254,8 +286,6 @@ def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
         raise ConfigError(f"tune.search_alg {tune.search_alg!r} is unknown; allowed: {', '.join(SEARCH_ALGS)}")
     if tune.mode not in ("max", "min"):
         raise ConfigError(f"tune.mode must be max or min, got {tune.mode!r}")
-    if not isinstance(tune.num_samples, int) or tune.num_samples < 1:
-        raise ConfigError(f"tune.num_samples must be an integer >= 1, got {tune.num_samples!r}")
     if tune.search_alg == "grid":
         not_grid = [k for k, spec in search.items() if "grid" not in spec]
         if not_grid:
@@ -268,8 +298,6 @@ def _validate_tune(tune: TuneSpec, base: Config, search: dict) -> None:
     if s.type == "pbt" and not s.hyperparam_mutations:
         raise ConfigError("tune.scheduler.type pbt needs tune.scheduler.hyperparam_mutations")
     r = tune.resources
-    if r.num_workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
-        raise ConfigError("tune.resources needs num_workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         raise ConfigError("tune.resources.gpus_per_worker < 1 (fractional GPUs) works only with num_workers: 1 "
                           "(multi-worker NCCL on a shared GPU fails, Ray issue 48012)")
@@ -337,3 +365,29 @@ def final_config(space: SearchSpace, params: dict[str, Any], teacher_ref: str | 
         raw["teacher"]["checkpoint"] = teacher_ref
     raw["tracking"]["run_name"] = None
     return raw
+
+
+# Keys a --resume may change: where Ray runs, how many rows the table prints. Everything else shapes the trials.
+RESUMABLE_CHANGES = ("ray.address", "tune.top_k")
+
+
+def space_snapshot(space: SearchSpace) -> dict[str, Any]:
+    """The resolved space (base config with its --set overrides, teacher, search, tune) as flat dotted keys: what
+    an experiment started with, compared on ``--resume``."""
+    flat: dict[str, Any] = dict(flatten(config_to_dict(space.base)))
+    if space.teacher_config is not None:
+        flat.update(flatten(config_to_dict(space.teacher_config), "teacher.config"))
+    flat["teacher.checkpoint"] = space.teacher_ref
+    flat["teacher.final_checkpoint"] = space.final_teacher_ref
+    flat.update({f"search.{key}": spec for key, spec in space.search.items()})
+    flat.update(flatten(dataclasses.asdict(space.tune), "tune"))
+    flat.pop("tune.name", None)  # the experiment's name is where the snapshot lives
+    return flat
+
+
+def changed_keys(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two snapshots (added or removed ones included), in order."""
+    keys = list(dict.fromkeys([*stored, *now]))
+    missing = object()
+    return [k for k in keys if k.removeprefix("teacher.config.") not in RESUMABLE_CHANGES
+            and stored.get(k, missing) != now.get(k, missing)]

@@ -16,9 +16,9 @@ from ..distill.methods import method_spec
 from ..engine.runner import per_worker_batch, resolve_device
 from ..engine.tasks import require_inputs
 from ..errors import ClusterError, ConfigError
-from ..paths import unwritable_reason
 from ..tracking.references import check_reference, is_mlflow_reference
 from ..tracking.store import check_tracking_uri
+from ..writable import unwritable_reason
 
 
 def checkpoint_references(cfg: Config, kind: str) -> dict[str, str]:

@@ -28,8 +28,10 @@ def _clip(text: str, width: int) -> str:
 
 class SweepTable(Callback):
     def __init__(self, space: SearchSpace, metric: str, mode: str, every: float = 20.0,
-                 printer: Callable[[str], None] = print, width: int = WIDTH) -> None:
+                 printer: Callable[[str], None] = print, width: int = WIDTH,
+                 history: Callable[[str, str], list[tuple[int, float]]] | None = None) -> None:
         self.space, self.metric, self.mode = space, metric, mode
+        self.history = history  # (trial id, metric) -> its (epoch, value) in MLflow, for what this driver missed
         self.total, self.samples = space.base.train.epochs, space.tune.num_samples
         self.every, self.print, self.width = every, printer, width
         self.trials: dict[str, dict] = {}  # trial id -> {params, status, epoch, last, best}
@@ -58,6 +60,12 @@ class SweepTable(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         entry = self._entry(trial)
+        history = getattr(self, "history", None)  # None in a table pickled by an older version (Tuner.restore)
+        recorded = history(trial.trial_id, self.metric) if history and entry["epoch"] < self.total else []
+        if recorded and recorded[-1][0] > entry["epoch"]:  # epochs reported before a --resume, or checkpointed
+            values = [v for _, v in recorded]  # during the interrupt: the trial's true state is its MLflow run's
+            entry.update(epoch=int(recorded[-1][0]), last=values[-1],
+                         best=max(values) if self.mode == "max" else min(values))
         entry["status"] = "DONE" if entry["epoch"] >= self.total else "STOPPED"
         what = "finished" if entry["status"] == "DONE" else f"stopped early by {self.space.tune.scheduler.type}"
         self.print(f"trial {trial.trial_id} {what} at epoch {entry['epoch']}/{self.total}: "

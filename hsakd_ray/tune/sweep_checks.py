@@ -3,15 +3,19 @@ file, override or tracking URI should not wait for): the space, the tracking URI
 the resources a trial and the teacher job need on this machine, the data."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
 
 from ..config import ConfigError
 from ..data.checks import check_data
 from ..tracking.references import check_reference
 from ..tracking.store import check_tracking_uri, resolve_tracking_uri
-from ..train.preflight import (
+from ..train.job_checks import (
     check_local_resources,
     check_storage_path,
     job_description,
@@ -19,10 +23,12 @@ from ..train.preflight import (
     resolve_storage_path,
     worker_group_need,
 )
+from .lock import ExperimentLock, hold_experiment
 from .resources import trial_resources
-from .space import SearchSpace, load_space
+from .space import SearchSpace, changed_keys, load_space, space_snapshot
 
 TRIAL = "tune.resources: a trial"
+SNAPSHOT = "hsakd_space.yaml"  # in the experiment directory: the resolved space it started with
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Sweep:
     exp_path: str
     resume: str | None
     address: str | None
+    lock: ExperimentLock | None = None  # held from the checks to the sweep's end: one sweep per experiment
 
 
 def trial_need(space: SearchSpace) -> tuple[dict[str, float], int, float]:
@@ -74,6 +81,7 @@ def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, 
         interrupted_in_teacher = teacher_run is not None and Path(exp_path) == Path(storage) / space.name
         if not tune.Tuner.can_restore(exp_path) and not interrupted_in_teacher:
             raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
+        check_space_unchanged(space, exp_path, resume)
     if not resume and Path(exp_path).exists():
         raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
                           "or set tune.name")
@@ -93,6 +101,39 @@ def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, 
     check_data(space.base.data, space.base.train.batch_size)
 
 
+def _snapshot_file(exp_path: str) -> Path | None:
+    return None if urlparse(exp_path).scheme not in ("", "file") else Path(exp_path) / SNAPSHOT
+
+
+def record_space(snapshot: dict, name: str, exp_path: str) -> None:
+    """Keep the resolved space (``space_snapshot``, taken before the sweep's steps fill in the teacher's run name)
+    in the experiment directory, atomically, for ``--resume`` to compare against."""
+    path = _snapshot_file(exp_path)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# the resolved space of experiment {name!r}: --resume refuses another\n")
+        yaml.safe_dump(snapshot, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def check_space_unchanged(space: SearchSpace, exp_path: str, resume: str) -> None:
+    """Tune restores an experiment with the search space, sample count and scheduler it started with, while the
+    trials would read the new base config: a resumed sweep with another space would be neither. Refuse it."""
+    path = _snapshot_file(exp_path)
+    if path is None or not path.is_file():
+        return  # started before snapshots were kept, or on remote storage: nothing to compare
+    stored = yaml.safe_load(path.read_text()) or {}
+    changed = changed_keys(stored, yaml.safe_load(yaml.safe_dump(space_snapshot(space))))
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise ConfigError(f"--resume {resume}: the space differs from the one this experiment started with "
+                          f"({shown}; kept in {path}): resume with that space, or start a new experiment "
+                          "(another tune.name)")
+
+
 def checked_sweep(space_path: str, overrides: list[str] = (), tracking_uri: str | None = None,
                   resume: str | None = None, address: str | None = None) -> Sweep:
     """Load the space and run ``check_experiment``: a refusal here has imported neither Ray nor MLflow (except for
@@ -102,5 +143,11 @@ def checked_sweep(space_path: str, overrides: list[str] = (), tracking_uri: str 
     storage = resolve_storage_path(space.base.ray.storage_path)
     exp_path = experiment_path(space, storage, resume)
     address = address or space.base.ray.address
-    check_experiment(space, uri, storage, exp_path, resume, address)
-    return Sweep(space, space_path, uri, storage, exp_path, resume, address)
+    lock = hold_experiment(exp_path, space.name)  # before the tracking store is opened: a second sweep stops here
+    try:
+        check_experiment(space, uri, storage, exp_path, resume, address)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Sweep(space, space_path, uri, storage, exp_path, resume, address, lock)
