@@ -130,7 +130,7 @@ def teacher_space(tmp_path: Path) -> Path:
 
 
 def test_a_sweep_interrupted_while_its_teacher_trained_is_continued_by_resume(tmp_path):
-    from hsakd_ray.tune.preflight import checked_sweep
+    from hsakd_ray.tune.sweep_checks import checked_sweep
 
     space = teacher_space(tmp_path)
     (tmp_path / "ray_results" / "sweep-teacher").mkdir(parents=True)  # what the interrupted teacher left
