@@ -158,3 +158,22 @@ def test_a_tune_retry_of_a_trial_that_met_a_user_error_fails_at_once(tmp_path):
     with pytest.raises(TrainingDiverged, match="^loss diverged at epoch 2"):
         fail_as_before(str(tmp_path), "sweep-1")
     fail_as_before(str(tmp_path), "sweep-2")  # --resume: tried afresh (the data may have been fixed)
+
+
+def test_a_failed_trial_never_wins_whatever_it_reported_before():
+    """Issue 27.7: a trial that diverged after good epochs is FAILED; its earlier best does not make it the winner,
+    in either mode, and a trial with no value is last too."""
+    import math
+
+    import pandas as pd
+
+    from hsakd_ray.tune.results import TrialOutcome, trial_rows
+
+    def outcome(trial_id: str, values: list[float], error: bool = False) -> TrialOutcome:
+        history = pd.DataFrame({"epoch": range(1, len(values) + 1), "val/top1": values})
+        return TrialOutcome(trial_id, {}, history, {"epoch": len(values)}, error)
+
+    trials = [outcome("none", []), outcome("diverged", [90.0, math.nan], error=True), outcome("ok", [50.0, 60.0]),
+              outcome("worse", [40.0])]
+    assert [r["trial_id"] for r in trial_rows(trials, "val/top1", "max")] == ["ok", "worse", "none", "diverged"]
+    assert [r["trial_id"] for r in trial_rows(trials, "val/top1", "min")] == ["worse", "ok", "none", "diverged"]

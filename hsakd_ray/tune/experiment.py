@@ -247,6 +247,8 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, teach
     searched = list(space.search)
     if not rows or all(r[f"best_{metric}"] != r[f"best_{metric}"] for r in rows):
         raise RuntimeError(f"no trial reported {metric}; see {exp_path}")
+    if not out.can_win(rows[0], metric):
+        raise RuntimeError(f"every trial that reported {metric} failed; see {exp_path}")
     best = rows[0]
     best_params = next(o.params for o in outcomes if o.trial_id == best["trial_id"])
     results_dir = exp_path / "results"
