@@ -114,3 +114,16 @@ def test_the_autoscaler_maximum_is_still_where_the_compat_module_reads_it():
     from ray._private.state import state
 
     assert callable(getattr(state, "get_max_resources_from_cluster_config", None))
+
+
+def test_the_autoscaler_maximum_is_read_as_floats_and_none_without_an_autoscaler(monkeypatch):
+    """What ``autoscaler_max_resources`` makes of Ray's answer: an autoscaling cluster's maximum as floats (a
+    shortfall within it only warns), and None when Ray knows no autoscaler (a shortfall is refused)."""
+    from ray._private.state import state
+
+    from hsakd_ray.ray_compat import autoscaler_max_resources
+
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"CPU": 64, "GPU": 8})
+    assert autoscaler_max_resources() == {"CPU": 64.0, "GPU": 8.0}
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: None)
+    assert autoscaler_max_resources() is None

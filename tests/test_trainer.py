@@ -126,3 +126,12 @@ def test_a_jobs_run_is_tagged_with_what_its_network_starts_from():
         == "torchvision"
     assert teacher_source(job("distill", teacher={"checkpoint": "runs:/abc/checkpoint"})) == "runs:/abc/checkpoint"
     assert teacher_source(job("distill", distill={"method": "ce"})) == "none"
+
+
+def test_workers_get_a_checkpoints_weights_and_meta_but_not_its_train_state(tmp_path):
+    from hsakd_ray.train.job_spec import read_checkpoint_files
+
+    for name in ("model.pt", "meta.json", "train_state.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "a-folder").mkdir()
+    assert read_checkpoint_files(tmp_path) == {"model.pt": b"model.pt", "meta.json": b"meta.json"}
