@@ -1,14 +1,17 @@
 """Command line: argument parsing and error presentation only: a user error is one line and exit code 2, an
-internal error one line and exit code 1 (its traceback with --debug), an interrupt exit code 130."""
+internal error one line and exit code 1 (its traceback with --debug), an interrupt exit code 130 (Ctrl-C) or 143
+(SIGTERM)."""
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
-from .errors import UserError, one_line
+from .errors import Terminated, UserError, one_line
 from .verbosity import configure as configure_console
 
 DEBUG_ENV = "HSAKD_DEBUG"  # set to 1: an internal error prints its traceback (as --debug does)
@@ -204,17 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (one line), 1 an internal error (one line; the traceback with --debug or
-    HSAKD_DEBUG=1), 130 interrupted (Ctrl-C or SIGTERM)."""
+    HSAKD_DEBUG=1), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the runs are closed KILLED, resumable)."""
     args = build_parser().parse_args(argv)
     configure_console(verbose=getattr(args, "verbose", False))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args.func(args)
     except UserError as exc:
         print(f"hsakd-ray: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsakd-ray: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"hsakd-ray: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return _leave_ray(143 if terminated else 130)
     except BrokenPipeError:  # the reader of stdout went away (`hsakd-ray models | head`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -224,7 +230,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsakd-ray: internal error: {type(exc).__name__}: {one_line(exc, 500)} "
               f"(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _leave_ray(code: int) -> int:
+    """After an interrupt, stop a Ray this process started within seconds (its MLflow runs are closed already); if
+    Ray does not stop in time (its processes were signalled with the driver's process group), leave at once with
+    ``code`` rather than waiting on Ray's own timeouts."""
+    if "ray" in sys.modules:
+        from .train.ray_session import shutdown_within
+
+        if not shutdown_within():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,12 +30,21 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset directory or file that does not exist."""
 
 
+class TrainingDiverged(UserError, FloatingPointError):
+    """A loss that became NaN or infinite: the run cannot recover from it (lower the learning rate, check the data)."""
+
+
 class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used (unknown scheme, unreachable server, unwritable path)."""
 
 
 class ClusterError(UserError, RuntimeError):
     """Ray (local or a cluster) cannot run the job as asked: resources it can never give, an address it cannot join."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, Slurm and Kubernetes send, often to the whole process group): an interrupt like
+    Ctrl-C, runs closed KILLED and resumable, but exit code 143 instead of 130."""
 
 
 def strip_ansi(text: str) -> str:

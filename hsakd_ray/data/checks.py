@@ -46,14 +46,45 @@ def check_image_trees(cfg: DataConfig) -> dict[str, int]:
     classes = class_folders(train_dir)
     if not classes:
         raise DataError(f"{cfg.name} training set {train_dir} holds no class folders (one folder of images per class)")
-    if not (cfg.name == "tinyimagenet" and (val_dir / "val_annotations.txt").is_file()):
+    per_class_val = not (cfg.name == "tinyimagenet" and (val_dir / "val_annotations.txt").is_file())
+    if per_class_val:
         check_same_classes(classes, class_folders(val_dir), val_dir)
     counts = {name: count_images(train_dir / name) for name in classes}
+    refuse_empty_classes(counts, f"{cfg.name} training set {train_dir}")
+    if per_class_val:
+        val_counts = {name: count_images(val_dir / name) for name in classes}
+        refuse_empty_classes(val_counts, f"{cfg.name} {kind} set {val_dir}")
+    return counts
+
+
+def refuse_empty_classes(counts: dict[str, int], where: str) -> None:
+    """An image tree's class folders must each hold an image: an empty one fails every run that reads the tree."""
     empty = [name for name, n in counts.items() if n == 0]
     if empty:
-        raise DataError(f"{cfg.name} training set {train_dir}: class folders without images: {empty[:5]} "
+        raise DataError(f"{where}: class folders without images: {empty[:5]} "
                         f"(extensions read: {', '.join(IMG_EXTENSIONS)})")
-    return counts
+
+
+def class_names(cfg: DataConfig) -> list[str] | None:
+    """The class folder names of an image tree (None for the other datasets: their classes are numbers)."""
+    return class_folders(folder_roots(cfg)[0]) if cfg.name in ("imagefolder", "tinyimagenet") else None
+
+
+def check_split_sizes(cfg: DataConfig, targets: list[int]) -> None:
+    """A validation hold-out (``val_fraction`` > 0) takes at least one image of every class and leaves one to train
+    on: a class with fewer than two training images cannot be split."""
+    if cfg.val_fraction <= 0:
+        return
+    per_class: dict[int, int] = {}
+    for label in targets:
+        per_class[label] = per_class.get(label, 0) + 1
+    few = [label for label, n in sorted(per_class.items()) if n < 2]
+    if few:
+        names = class_names(cfg)
+        shown = [names[label] if names else label for label in few[:5]]
+        raise DataError(f"data.val_fraction {cfg.val_fraction} holds out images of every class, but {len(few)} "
+                        f"class(es) of {cfg.name} have a single training image ({shown}): add images, or set "
+                        "data.val_fraction to 0 to evaluate on the test split")
 
 
 def training_targets(cfg: DataConfig) -> list[int]:
@@ -78,6 +109,7 @@ def check_data(cfg: DataConfig, batch_size: int) -> int:
     if cfg.name in TORCHVISION_SETS and not cfg.download:
         require_torchvision_files(cfg)
     targets = training_targets(cfg)
+    check_split_sizes(cfg, targets)
     train_idx, _ = split_indices(targets, cfg.val_fraction, cfg.few_shot_ratio, cfg.split_seed)
     if batch_size > len(train_idx):
         carved = " after the validation split" if cfg.val_fraction > 0 else ""

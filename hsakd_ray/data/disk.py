@@ -136,9 +136,23 @@ def stl10_source(cfg: DataConfig) -> Source:
     return Source(train, test, 10, size, stats, *pipelines)
 
 
+def checked_loader(path: str) -> object:
+    """torchvision's image loader, with an image it cannot decode refused in one line naming the file (a data error
+    that every retry would meet again)."""
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError (an OSError), truncated files
+        raise undecodable(path, exc) from None
+
+
+def undecodable(path: str, exc: Exception) -> DataError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(f"cannot decode image {path}: {reason}; remove or replace the file")
+
+
 def _image_folder(path: Path, what: str, fix: str) -> ImageFolder:
     require_path(path, what, fix)
-    return ImageFolder(path)
+    return ImageFolder(path, loader=checked_loader)
 
 
 def _check_same_classes(train: ImageFolder, test: ImageFolder, test_dir: Path) -> None:
@@ -180,8 +194,11 @@ def typical_size(paths: list[str]) -> int:
     """Median shorter side of the images at ``paths``, read from their headers without decoding the pixels."""
     sides = []
     for path in paths:
-        with Image.open(path) as image:
-            sides.append(min(image.size))
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise undecodable(path, exc) from None
     return int(np.median(sides))
 
 
@@ -244,7 +261,7 @@ class TinyImageNetVal(Dataset):
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         path, label = self.samples[index]
-        return default_loader(str(path)), label
+        return checked_loader(str(path)), label
 
 
 def tinyimagenet_source(cfg: DataConfig) -> Source:
@@ -257,7 +274,7 @@ def tinyimagenet_source(cfg: DataConfig) -> Source:
     if (val_dir / "val_annotations.txt").is_file():
         test: Dataset = TinyImageNetVal(val_dir, train.class_to_idx)
     else:
-        test = ImageFolder(val_dir)
+        test = ImageFolder(val_dir, loader=checked_loader)
         _check_same_classes(train, test, val_dir)
     size = cfg.image_size or 64
     stats = normalisation(cfg.mean, cfg.std, TINYIMAGENET_STATS)

@@ -6,6 +6,7 @@ them (device, rank, DDP wrapping, how an epoch's metrics and checkpoint are repo
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 import warnings
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import Config, dump_config
 from ..data import DataBundle, as_tensors, build_datasets, is_in_memory, tensor_augmentation
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from .batches import DeviceBatches, stream_seed
 from .checkpoint import write_checkpoint
 from .compiling import compile_or_eager, resolve_compile
@@ -182,6 +183,15 @@ def setup_step(task: Task, cfg: Config, device: torch.device, image_size: int, s
                      compiled)
 
 
+def check_finite_losses(metrics: dict, epoch: int) -> None:
+    """Stop at the first epoch whose mean loss (any part) is NaN or infinite: no later epoch can recover, so the job
+    fails at once instead of training on. Every worker sees the same all-reduced means, so all stop together."""
+    bad = {k: v for k, v in metrics.items() if k.startswith("train/") and not math.isfinite(v)}
+    if bad:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(bad.items()))
+        raise TrainingDiverged(f"loss diverged at epoch {epoch} ({parts}): lower optim.lr or check the data")
+
+
 def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
     """Train a ``teacher``, ``distill`` or ``probe`` job for ``cfg.train.epochs``; returns the last epoch's metrics."""
     rt = rt or Runtime(device=resolve_device(cfg.train.device))
@@ -221,6 +231,7 @@ def run_job(cfg: Config, kind: str, rt: Runtime | None = None) -> dict:
         if provider is not None:
             provider.start_epoch(epoch)
         metrics = train_epoch(task, optimizer, train_loader, rt.device, fast, autocast, setup.overlap)
+        check_finite_losses(metrics, epoch)
         if provider is not None:
             metrics.update(provider.epoch_metrics())
         scheduler.step()

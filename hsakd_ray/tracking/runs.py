@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..errors import one_line
+from ..errors import Terminated, one_line  # Terminated: SIGTERM, raised in the main thread like Ctrl-C
 from .ui import model_experiment
 
 NAME_TAG, KIND_TAG, HOST_TAG, PID_TAG = "hsakd.run_name", "hsakd.kind", "hsakd.host", "hsakd.driver_pid"
@@ -122,10 +122,6 @@ def log_metric_once(client: MlflowClient, run_id: str, key: str, value: float, s
         client.log_metric(run_id, key, value, step=step)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the driver's main thread so a run stops like on Ctrl-C and is closed as KILLED."""
-
-
 def _raise_terminated(signum, frame):
     raise Terminated(f"signal {signum}")
 
@@ -163,13 +159,13 @@ def tracked_run(client: MlflowClient, experiment_name: str, name: str, tags: dic
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint) if main else None
     try:
         yield ActiveRun(client, run_id, experiment_id)
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: Ray's own SIGINT handlers end with sys.exit
+    except (KeyboardInterrupt, SystemExit) as exc:  # SystemExit: Ray's own SIGINT handlers end with sys.exit
         if main:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the clean-up short
         if on_interrupt is not None:
-            on_interrupt()
+            on_interrupt()  # bounded: on SIGTERM to the process group, Ray's own processes are going down too
         finish_run(client, run_id, "KILLED")
-        raise KeyboardInterrupt from None
+        raise (Terminated() if isinstance(exc, Terminated) else KeyboardInterrupt()) from None
     except BaseException as exc:
         finish_run(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise

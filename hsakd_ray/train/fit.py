@@ -6,7 +6,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import ray
 from mlflow.tracking import MlflowClient
 
 from ..config import config_to_dict, dump_config, flatten
@@ -20,7 +19,7 @@ from ..tracking.ui import print_ui
 from .epoch_lines import JobProgress
 from .job_checks import checkpoint_references, job_description, job_need
 from .job_spec import Job
-from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside
+from .ray_session import check_cluster_paths, check_cluster_resources, init_ray_beside, shutdown_within
 from .student_model import log_student_model
 from .trainer import build_trainer
 
@@ -74,7 +73,7 @@ def teacher_source(job: Job) -> str:
 def run_on_ray(job: Job, uri: str, address: str | None, resume: bool = False, config_path: str | None = None) -> dict:
     """Start or join Ray, check what needs the cluster, fit; a Ray started (or joined) here is left when done."""
     started, client = init_ray_beside(address, lambda: MlflowClient(uri))
-    stop_ray = ray.shutdown if started else (lambda: None)
+    stop_ray = shutdown_within if started else (lambda: None)  # bounded: Ray may be going down with the driver
     try:
         check_cluster_resources(job_need(job.cfg), job.cfg.scaling.num_workers, job_description(job.cfg, job.kind))
         check_cluster_paths(job.storage, uri, address)

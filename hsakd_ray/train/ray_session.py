@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,6 +126,28 @@ def init_ray(address: str | None) -> bool:
     if not joins_cluster(address):
         _claim_session(context.address_info.get("session_dir"))
     return True
+
+
+SHUTDOWN_WAIT_S = 20.0  # the most an interrupted driver waits for ray.shutdown (well under GCS's 60 s reconnect)
+
+
+def shutdown_within(seconds: float = SHUTDOWN_WAIT_S) -> bool:
+    """``ray.shutdown()`` on a helper thread, waited for at most ``seconds``; False when it did not return in time.
+
+    After SIGTERM to the whole process group, Ray's GCS and raylet are gone as well and a shutdown can wait on them;
+    an interrupted driver must still close its MLflow runs and exit (cli.py leaves at once when this returns False)."""
+    if not ray.is_initialized():
+        return True
+    done = threading.Event()
+
+    def stop() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=stop, name="hsakd-ray-shutdown", daemon=True).start()
+    return done.wait(seconds)
 
 
 def init_ray_beside(address: str | None, work: Callable[[], T]) -> tuple[bool, T]:

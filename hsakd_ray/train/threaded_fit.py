@@ -9,6 +9,8 @@ from typing import Any
 
 from ray.util.queue import Empty, Queue
 
+from .failfast import fit_or_user_error
+
 
 def fit_in_thread(trainer, queue: Queue | None = None, forward: Callable[[Any], None] | None = None) -> Any:
     """Run ``trainer.fit()`` on a thread; meanwhile pass every item put on ``queue`` to ``forward``, in order, here.
@@ -17,7 +19,7 @@ def fit_in_thread(trainer, queue: Queue | None = None, forward: Callable[[Any], 
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = fit_or_user_error(trainer.fit)  # a worker's UserError as itself
         except BaseException as exc:  # re-raised in the calling thread
             outcome["error"] = exc
 

@@ -6,6 +6,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ..config import Config, config_to_dict
+from .failfast import StopOnUserError
 from .job_spec import Job
 
 # Worker groups that fail to start (a placement group not granted within Ray's startup timeout,
@@ -43,7 +44,7 @@ def build_trainer(job: Job, callbacks: list | None = None) -> TorchTrainer:
         storage_path=job.storage,
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=STARTUP_RETRIES),
         checkpoint_config=checkpoint_config(cfg, job.kind),
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), StopOnUserError()],  # last: a UserError fails the run, never retried
     )
     return TorchTrainer(
         train_loop_per_worker,

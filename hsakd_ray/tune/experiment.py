@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import uuid
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -14,6 +15,7 @@ from ..config import ConfigError, config_from_dict
 from ..distill.methods import method_spec
 from ..engine import read_meta
 from ..engine.selection import kept_metric
+from ..errors import Terminated
 from ..tracking import runs as R
 from ..tracking.references import CHECKPOINT_ARTIFACT, resolve_checkpoint
 from ..tracking.ui import print_ui
@@ -51,8 +53,9 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
 
 
 def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
-                    resume: bool) -> tuple[str | None, dict[str, bytes] | None]:
-    """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files)."""
+                   resume: bool, exp_path: str | None = None) -> tuple[str | None, dict[str, bytes] | None]:
+    """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files). An
+    interrupted teacher is continued by ``--resume`` (the same MLflow run, from its Train checkpoint)."""
     if not method_spec(space.base.distill.method).needs_teacher:
         return None, None
     ref = space.teacher_ref
@@ -68,8 +71,13 @@ def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experimen
             cfg.tracking.run_name, cfg.tracking.experiment = name, space.base.tracking.experiment
             print(f"teacher: training {cfg.teacher.arch} once, shared by every trial", flush=True)
             storage = resolve_storage_path(space.base.ray.storage_path)
-            ran = run_ray_job(cfg, "teacher", config_path=str(space.path), tracking_uri=uri,
-                              resume=resume and (Path(storage) / name).exists())
+            try:
+                ran = run_ray_job(cfg, "teacher", config_path=str(space.path), tracking_uri=uri,
+                                  resume=resume and (Path(storage) / name).exists())
+            except KeyboardInterrupt:
+                print(f"interrupted while training the sweep's teacher; continue with: hsakd-ray tune {space.path} "
+                      f"--resume {exp_path or Path(storage) / space.name}", flush=True)
+                raise
             ref = f"runs:/{ran['run_id']}/{CHECKPOINT_ARTIFACT}"
     local = resolve_checkpoint(ref, uri, Path(space.base.train.output_dir) / ".checkpoint-cache")
     meta = read_meta(local)
@@ -81,9 +89,15 @@ def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experimen
 
 
 class SweepInterrupt:
-    """Ctrl-C / SIGTERM during a sweep. The first asks Tune to stop gracefully (Tune's SIGUSR1 handler: it saves the
-    experiment state and stops the trials) and is remembered, because Tune's ``fit`` then returns normally; a second
-    raises KeyboardInterrupt at once. Tune's own SIGINT handler is off: it would leave no trace of the interrupt."""
+    """Ctrl-C / SIGTERM during a sweep. The first Ctrl-C asks Tune to stop gracefully (Tune's SIGUSR1 handler: it
+    saves the experiment state and stops the trials) and is remembered, because Tune's ``fit`` then returns normally;
+    a second raises KeyboardInterrupt at once. Tune's own SIGINT handler is off: it would leave no trace of the
+    interrupt.
+
+    SIGTERM stops at once (``Terminated``): it is often sent to the whole process group (``timeout``, Slurm,
+    Kubernetes), Ray's GCS and raylet included, and a graceful stop would wait on them until Ray's own timeout ends
+    the driver with the runs left RUNNING. Tune's latest experiment snapshot and each trial's Train checkpoints are
+    what ``--resume`` continues from, as after a killed driver."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -92,7 +106,13 @@ class SweepInterrupt:
         self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous_term = signal.signal(signal.SIGTERM, self._terminate)
         return self
+
+    def _terminate(self, signum, frame) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up (MLflow runs closed KILLED) is not cut short
+        raise Terminated(f"signal {signum}")
 
     def _handle(self, signum, frame) -> None:
         tune_stops = callable(signal.getsignal(signal.SIGUSR1))  # installed by Tune while fit() runs
@@ -104,6 +124,8 @@ class SweepInterrupt:
 
     def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGINT, self._previous)
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # after a SIGTERM, ignored until the command ends
+            signal.signal(signal.SIGTERM, self._previous_term)
         if self._env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
@@ -137,7 +159,8 @@ def _run_sweep(sweep: Sweep) -> dict:
 
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
-    teacher_ref, teacher_files = tuning_teacher(space, uri, client, experiment_id, bool(resume))
+    teacher_ref, teacher_files = tuning_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
+    restore = bool(resume) and tune.Tuner.can_restore(exp_path)  # else interrupted before the trials started
     metric, mode = tuning_metric(space), space.tune.mode
     tags = R.base_tags("tune", space.name)
     tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": exp_path,
@@ -151,19 +174,23 @@ def _run_sweep(sweep: Sweep) -> dict:
               flush=True)
         train_storage = str(Path(storage) / f"{space.name}-trials")
         logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
-        tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode,
-                            bool(resume))
+        tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode, restore)
         record_space(started_with, space.name, exp_path)
+        resume_hint = f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}"
         with SweepInterrupt() as interrupt:
             try:
                 grid = tuner.fit()
-            except KeyboardInterrupt:
-                logger.close_unfinished()
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt) and interrupt.signum != signal.SIGTERM:
+                    raise
+                logger.close_unfinished()  # from MLflow and the Train checkpoints on disk: no call to Ray
+                print(resume_hint, flush=True)
+                if interrupt.signum == signal.SIGTERM:  # Ray failing under a SIGTERM to the group is the interrupt
+                    raise Terminated() from None
                 raise
         if interrupt.signum is not None:
             logger.close_unfinished()
-            print(f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}",
-                  flush=True)
+            print(resume_hint, flush=True)
             raise KeyboardInterrupt
         return summarise(space, grid, client, parent.run_id, teacher_ref, Path(exp_path), metric, mode)
 
@@ -174,7 +201,7 @@ def build_tuner(space: SearchSpace, exp_path: str, storage: str, teacher_files: 
     teacher_store = sharing_settings(space, storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, teacher_files=teacher_files, train_storage=train_storage,
-                             teacher_store=teacher_store),
+                             teacher_store=teacher_store, sweep_attempt=uuid.uuid4().hex),
         trial_resources(space))
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -221,6 +248,8 @@ def summarise(space: SearchSpace, grid, client: MlflowClient, parent: str, teach
     searched = list(space.search)
     if not rows or all(r[f"best_{metric}"] != r[f"best_{metric}"] for r in rows):
         raise RuntimeError(f"no trial reported {metric}; see {exp_path}")
+    if not out.can_win(rows[0], metric):
+        raise RuntimeError(f"every trial that reported {metric} failed; see {exp_path}")
     best = rows[0]
     best_params = next(o.params for o in outcomes if o.trial_id == best["trial_id"])
     results_dir = exp_path / "results"

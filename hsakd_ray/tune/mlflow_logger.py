@@ -176,16 +176,23 @@ class MLflowTrialLogger(Callback):
     def close_unfinished(self) -> list[str]:
         """After an interrupt: log the epochs each unfinished trial's latest Train checkpoint made durable but this
         callback never received (Tune stopped before handing them over), then mark its run KILLED. ``--resume``
-        reopens the same runs. Returns their run ids."""
-        unfinished = [t for t in self.run_ids if t not in self.closed]
-        for trial_id in unfinished:
-            run_id = self.run_ids[trial_id]
+        reopens the same runs. Returns their run ids.
+
+        The trials are found in MLflow (this parent's trial runs still RUNNING), not only in this object's memory:
+        after ``--resume`` Tune restores the callbacks it pickled with the experiment and reports to those, so the
+        sweep's driver may hold a copy that never saw a result. Reads MLflow and the storage only, never Ray."""
+        unfinished = {self.run_ids[t]: t for t in self.run_ids if t not in self.closed}
+        filter_ = (f"tags.`{R.PARENT_TAG}` = '{self.parent}' and tags.`{R.KIND_TAG}` = 'trial' and "
+                   "attributes.status = 'RUNNING'")
+        for run in self.client.search_runs([self.experiment_id], filter_string=filter_, max_results=10000):
+            unfinished.setdefault(run.info.run_id, run.data.tags.get(TRIAL_TAG, ""))
+        for run_id, trial_id in unfinished.items():
             train_run = Path(self.train_storage) / trial_id
-            if train_run.is_dir():
+            if trial_id and train_run.is_dir():
                 backfill_epochs(self.client, run_id, str(train_run))
             R.finish_run(self.client, run_id, "KILLED")
             self.closed.add(trial_id)
-        return [self.run_ids[t] for t in unfinished]
+        return list(unfinished)
 
 
 def trial_error(trial) -> str:

@@ -70,9 +70,20 @@ def trial_rows(outcomes: list[TrialOutcome], metric: str, mode: str) -> list[dic
                      **{k: _cell(v) for k, v in o.params.items()},
                      **{k.split("/", 1)[1]: float(o.last.get(k, math.nan)) for k in COMPUTE_KEYS},
                      "mlflow_run_id": o.run_id})
-    reverse = mode == "max"
-    rows.sort(key=lambda r: (-math.inf if math.isnan(r[f"best_{metric}"]) else r[f"best_{metric}"]), reverse=reverse)
+    rows.sort(key=lambda r: rank_key(r, metric, mode))
     return rows
+
+
+def can_win(row: dict, metric: str) -> bool:
+    """A trial that failed (a diverged loss, a data error) or never reported ``metric`` is never the best."""
+    return row["status"] == "OK" and not math.isnan(row[f"best_{metric}"])
+
+
+def rank_key(row: dict, metric: str, mode: str) -> tuple[int, float]:
+    """Best first by ``mode``; the trials that cannot win after all the others, in their order."""
+    if not can_win(row, metric):
+        return 1, 0.0
+    return 0, -row[f"best_{metric}"] if mode == "max" else row[f"best_{metric}"]
 
 
 def _cell(value):

@@ -62,19 +62,32 @@ def experiment_path(space: SearchSpace, storage: str, resume: str | None) -> str
     return str(Path(urlparse(resume).path if resume.startswith("file:") else resume).expanduser().resolve())
 
 
+def tuning_teacher_run(space: SearchSpace, storage: str) -> Path | None:
+    """The Ray run directory of the teacher a sweep trains for its trials, if one exists (the sweep got that far)."""
+    if space.teacher_config is None or urlparse(storage).scheme not in ("", "file"):
+        return None
+    run = Path(storage) / f"{space.name}-teacher"
+    return run if run.exists() else None
+
+
 def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, resume: str | None,
                      address: str | None) -> None:
     """Everything about a sweep that can be refused before Ray starts or any run is created."""
     check_tracking_uri(uri)
+    teacher_run = tuning_teacher_run(space, storage)
     if resume:
         from ray import tune  # only a resume asks Tune whether the experiment is there
 
-        if not tune.Tuner.can_restore(exp_path):
+        interrupted_in_teacher = teacher_run is not None and Path(exp_path) == Path(storage) / space.name
+        if not tune.Tuner.can_restore(exp_path) and not interrupted_in_teacher:
             raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
         check_space_unchanged(space, exp_path, resume)
     if not resume and Path(exp_path).exists():
         raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
                           "or set tune.name")
+    if not resume and teacher_run is not None:
+        raise ConfigError(f"experiment {space.name!r} was interrupted while its teacher trained ({teacher_run}): "
+                          f"continue it with --resume {exp_path}, or set tune.name")
     check_storage_path(storage)
     per_worker, workers, driver_cpu = trial_need(space)
     check_local_resources(per_worker, workers, TRIAL, address, extra_cpu=driver_cpu)

@@ -8,6 +8,8 @@ PBT restarts from a donor starts a new Train run from that checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -16,6 +18,8 @@ from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.queue import Queue
 
+from .. import errors
+from ..train.failfast import fit_or_user_error
 from ..train.job_spec import Job
 from ..train.threaded_fit import fit_in_thread
 from ..train.trainer import build_trainer
@@ -44,9 +48,45 @@ def restart_run_name(trial_id: str, donor_path: str) -> str:
     return f"{trial_id}-from-{hashlib.sha256(donor_path.encode()).hexdigest()[:10]}"
 
 
+FINAL_ERROR_FILE = "hsakd-final-error.json"  # in a trial's directory: the UserError that ended its Train run
+
+
+def fail_as_before(trial_dir: str, sweep_attempt: str | None) -> None:
+    """Tune retries a failed trial (``FailureConfig.max_failures``) with no way to exempt an error; a trial whose
+    Train run ended with a ``UserError`` (a data error, a diverged loss: the same again on every try) fails again at
+    once, in this sweep command, instead of starting a worker group to meet it again. ``--resume`` (another
+    ``sweep_attempt``) tries it afresh, e.g. after the data was fixed."""
+    marker = Path(trial_dir) / FINAL_ERROR_FILE
+    if sweep_attempt is None or not marker.is_file():
+        return
+    seen = json.loads(marker.read_text())
+    if seen.get("attempt") == sweep_attempt:
+        kind = getattr(errors, seen.get("type", ""), None)
+        raise (kind if isinstance(kind, type) and issubclass(kind, errors.UserError) else errors.UserError)(
+            seen["message"])
+
+
+def remember_failure(trial_dir: str, sweep_attempt: str | None, error: errors.UserError) -> None:
+    if sweep_attempt is not None:
+        Path(trial_dir, FINAL_ERROR_FILE).write_text(json.dumps(
+            {"attempt": sweep_attempt, "type": type(error).__name__, "message": str(error)}))
+
+
 def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
-              train_storage: str, teacher_store: dict | None = None) -> None:
-    """One trial: its config from the sampled ``params``, then a Train fit named after the trial."""
+              train_storage: str, teacher_store: dict | None = None, sweep_attempt: str | None = None) -> None:
+    """One trial: its config from the sampled ``params``, then a Train fit named after the trial. A worker's
+    ``UserError`` fails the trial as itself, once (``fail_as_before``)."""
+    trial_dir = tune.get_context().get_trial_dir()
+    fail_as_before(trial_dir, sweep_attempt)
+    try:
+        fit_trial(config, space, teacher_files, train_storage, teacher_store)
+    except errors.UserError as error:
+        remember_failure(trial_dir, sweep_attempt, error)
+        raise
+
+
+def fit_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[str, bytes] | None,
+              train_storage: str, teacher_store: dict | None) -> None:
     name = tune.get_context().get_trial_id()
     cfg = trial_config(space, config["params"], cross_checked=False)  # checked whole by the Train worker
     pbt = space.tune.scheduler.type == "pbt"
@@ -57,7 +97,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace, teacher_files: dict[st
     job = Job(cfg, "distill", name, train_storage, teacher_files=teacher_files, teacher_store=teacher_store,
               start_from=start_from)
     if not pbt:
-        build_trainer(job, [TuneReportCallback()]).fit()
+        fit_or_user_error(build_trainer(job, [TuneReportCallback()]).fit)
         return
     queue = Queue(actor_options={"num_cpus": 0})
     try:
