@@ -10,6 +10,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty
 
 from hsakd_ray.config import config_from_dict
+from hsakd_ray.train.failfast import StopOnUserError
 from hsakd_ray.train.job_spec import Job
 from hsakd_ray.train.threaded_fit import fit_in_thread
 from hsakd_ray.train.trainer import STARTUP_RETRIES, build_trainer
@@ -27,7 +28,8 @@ def test_a_job_is_rays_torch_trainer_named_and_stored_as_the_job():
     trainer = build_trainer(job(), callbacks=[callback])
     assert type(trainer) is TorchTrainer  # Ray's own class, with Ray's torch backend
     run = trainer.run_config
-    assert (run.name, run.storage_path, run.callbacks) == ("the-run", "/tmp/storage", [callback])
+    assert (run.name, run.storage_path) == ("the-run", "/tmp/storage")
+    assert run.callbacks[:-1] == [callback] and type(run.callbacks[-1]) is StopOnUserError  # a data error: no retry
     assert run.failure_config.max_failures == 5
     assert run.failure_config.controller_failure_limit == STARTUP_RETRIES  # a worker group that cannot start fails
 
