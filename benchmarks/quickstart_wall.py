@@ -13,6 +13,7 @@ Nothing else should run meanwhile (two Ray instances at once break Ray Train). A
 
     python benchmarks/quickstart_wall.py --baseline 9276ff4 --rounds 2
     python benchmarks/quickstart_wall.py --rounds 3          # this tree only: no ratio
+    python benchmarks/quickstart_wall.py --baseline 3357598 --rounds 1 --no-final-too   # + this tree with --no-final
 """
 from __future__ import annotations
 
@@ -99,21 +100,25 @@ def mlflow_phases(folder: Path, experiment: str) -> dict:
     teachers = sorted(by_kind["teacher"], key=lambda r: r.info.start_time)
     (parent,) = by_kind["tune"]
     final = [r for r in teachers if r.data.tags.get("mlflow.runName", "").endswith("final-teacher")]
+    finals = [r for r in by_kind["distill"] if r.data.tags.get("hsakd.final") == "true"]  # tune.final's runs
     best = parent.data.metrics.get("best_val/top1", float("nan"))  # the sweep's best trial, best epoch
     return {"teacher_runs_s": [(r.info.end_time - r.info.start_time) / 1000 for r in teachers],
             "sweep_s": (parent.info.end_time - parent.info.start_time) / 1000,
+            "final_runs_s": [(r.info.end_time - r.info.start_time) / 1000 for r in finals],
             "first_run_start_ms": min(r.info.start_time for r in runs),
             "best_val_top1": best,
             "final_teacher_test_top1": final[0].data.metrics.get("test/top1") if final else float("nan")}
 
 
-def run_once(code_root: Path, folder: Path) -> dict:
-    """One ``hsakd-ray tune quickstart.yaml`` from ``code_root``'s package and space, in ``folder``."""
+def run_once(code_root: Path, folder: Path, extra: list[str] = ()) -> dict:
+    """One ``hsakd-ray tune quickstart.yaml`` (plus ``extra`` arguments) from ``code_root``'s package and space, in
+    ``folder``."""
     folder.mkdir(parents=True)
     space = code_root / "search_spaces" / "quickstart.yaml"
     experiment = yaml.safe_load(space.read_text())["base"]["tracking"]["experiment"]
     env = dict(os.environ, PYTHONPATH=str(code_root))
-    cli = [sys.executable, "-c", "import sys; from hsakd_ray.cli import main; sys.exit(main())", "tune", str(space)]
+    cli = [sys.executable, "-c", "import sys; from hsakd_ray.cli import main; sys.exit(main())", "tune", str(space),
+           *extra]
     load = os.getloadavg()[0]
     sampler = CpuByKind()
     start_ms, start = time.time() * 1000, time.monotonic()
@@ -131,10 +136,12 @@ def run_once(code_root: Path, folder: Path) -> dict:
 
 def describe(side: str, r: dict) -> str:
     teachers = " + ".join(f"{s:.1f}" for s in r["teacher_runs_s"])
+    finals = " + ".join(f"{s:.1f}" for s in r["final_runs_s"]) or "none"
     top = sorted(r["cpu"].items(), key=lambda kv: -kv[1][0])
     cpu = ", ".join(f"{kind} {sec:.1f} ({n})" for kind, (sec, n) in top if sec >= 1.0)
     return (f"{side:8} wall {r['wall_s']:6.1f} s (load {r['load']:.1f}): {r['to_first_run_s']:.1f} s to the teacher's "
-            f"run, teacher runs {teachers} s, sweep run {r['sweep_s']:.1f} s; best val top-1 {r['best_val_top1']:.2f}, "
+            f"run, teacher runs {teachers} s, sweep run {r['sweep_s']:.1f} s (final runs {finals} s); "
+            f"best val top-1 {r['best_val_top1']:.2f}, "
             f"final teacher test top-1 {r['final_teacher_test_top1']:.2f}\n"
             f"         CPU-s by process kind (processes): {cpu}; total "
             f"{sum(sec for sec, _ in r['cpu'].values()):.1f}")
@@ -144,6 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", help="a git commit to compare with (run from a temporary worktree)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-final-too", action="store_true",
+                    help="also run this tree with --no-final (the sweep without its final runs)")
     ap.add_argument("--keep", help="keep every run's folder (log, MLflow, Ray results) under this directory")
     args = ap.parse_args()
     base = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="quickstart-wall-"))
@@ -151,13 +160,16 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         if not args.keep:  # registered first, so it runs last: after the baseline's worktree is removed
             stack.callback(shutil.rmtree, base, ignore_errors=True)
-        sides = {"this": ROOT}
+        sides = {"this": (ROOT, [])}
         if args.baseline:
-            sides = {"baseline": stack.enter_context(baseline_tree(args.baseline, base)), "this": ROOT}
-        print(f"CPUs here: {os.cpu_count()}; sides: " + ", ".join(f"{k} = {v}" for k, v in sides.items()), flush=True)
+            sides = {"baseline": (stack.enter_context(baseline_tree(args.baseline, base)), []), "this": (ROOT, [])}
+        if args.no_final_too:
+            sides["no-final"] = (ROOT, ["--no-final"])
+        described = ", ".join(f"{k} = {root} {' '.join(extra)}".rstrip() for k, (root, extra) in sides.items())
+        print(f"CPUs here: {os.cpu_count()}; sides: {described}", flush=True)
         for round_ in range(args.rounds):
-            for side, code_root in sides.items():
-                r = run_once(code_root, base / f"{side}-{round_}")
+            for side, (code_root, extra) in sides.items():
+                r = run_once(code_root, base / f"{side}-{round_}", extra)
                 walls[side].append(r["wall_s"])
                 print(describe(side, r), flush=True)
     for side, values in walls.items():
@@ -165,6 +177,9 @@ def main() -> None:
               f"({', '.join(f'{v:.0f}' for v in values)})")
     if "baseline" in walls:
         print(f"ratio: {statistics.median(walls['this']) / statistics.median(walls['baseline']):.3f}")
+    if "baseline" in walls and "no-final" in walls:
+        print(f"ratio without the final runs: "
+              f"{statistics.median(walls['no-final']) / statistics.median(walls['baseline']):.3f}")
 
 
 if __name__ == "__main__":
