@@ -187,3 +187,14 @@ def start_cli(*args: str, cwd: str | Path, log: str | Path) -> subprocess.Popen:
 def run_cli(*args: str, cwd: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """``hsakd-ray ARGS`` to completion, output captured."""
     return subprocess.run([str(BIN / "hsakd-ray"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def cwd(tmp_path, monkeypatch) -> Path:
+    """An empty working directory for a command, with no tracking URI or Ray address from the environment."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return work

@@ -33,16 +33,6 @@ def refused(capsys, argv: list[str], cwd: Path) -> str:
     return err
 
 
-@pytest.fixture()
-def cwd(tmp_path, monkeypatch) -> Path:
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return work
-
-
 def write(path: Path, data: dict) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)

@@ -42,16 +42,6 @@ def folder_config(tmp_path: Path, root: Path, **data) -> str:
         "tracking": {"experiment": "failures"}})
 
 
-@pytest.fixture()
-def cwd(tmp_path, monkeypatch) -> Path:
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return work
-
-
 # ---------------------------------------------------------------- a diverging loss
 
 DIVERGING = {"data": {"name": "synthetic", "image_size": 16, "synthetic_train_size": 64, "synthetic_test_size": 32,
