@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="search head placement, temperatures and loss weights with Ray Tune")
     tu.add_argument("space", help="search-space YAML (see search_spaces/)")
     tu.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a key of the space's base config (repeatable)")
+                    help="override a key of the space's base config, or with teacher.config.SECTION.KEY of the "
+                         "teacher it trains (repeatable)")
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (else tracking.uri, MLFLOW_TRACKING_URI)")
     tu.add_argument("--address", help="Ray cluster to join: auto or host:port (else ray.address)")
     tu.add_argument("--resume", metavar="EXPERIMENT_PATH", help="continue an interrupted experiment")

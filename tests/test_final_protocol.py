@@ -250,3 +250,41 @@ def test_a_final_teacher_without_the_winners_heads_fails_the_parent_in_one_line(
         with R.tracked_run(client, name, "fin", R.base_tags("tune", "fin")) as parent:  # as run_experiment does
             final_teacher_for(space, client, parent.run_id, None, {"distill.temperature": 4.0}, tmp_path / "exp")
     assert client.get_run(parent.run_id).info.status == "FAILED"
+
+
+# ---------------------------------------------------------------- a given tuning teacher that saw the validation split
+def test_a_given_teacher_is_flagged_unless_it_trained_on_the_sweeps_tuning_split(tmp_path):
+    from hsakd_ray.tune.experiment import saw_validation
+
+    base = load_space(write_space(tmp_path)).base  # digits, val_fraction 0.1, split_seed 0
+    whole = teacher_checkpoint(tmp_path / "whole")  # trained with val_fraction 0: the whole training set
+    assert "data.val_fraction 0.0" in saw_validation(base, whole)
+    cfg = digits("data.val_fraction=0.1", "data.split_seed=3")
+    other = write_checkpoint(tmp_path / "other", model_state={}, meta=read_meta(whole), config_yaml=dump_config(cfg))
+    assert "data.split_seed 3" in saw_validation(base, other)
+    same = write_checkpoint(tmp_path / "same", model_state={}, meta=read_meta(whole),
+                            config_yaml=dump_config(digits("data.val_fraction=0.1")))
+    assert saw_validation(base, same) is None
+
+
+def test_an_imported_released_teacher_is_flagged_in_the_console_and_returned(tmp_path, store, request, capsys):
+    """The reference's released teachers trained on the whole training set: a sweep tuning on them is warned."""
+    import torchvision
+
+    from hsakd_ray.engine.importers import import_checkpoint
+    from hsakd_ray.tune.experiment import tuning_teacher
+
+    released = tmp_path / "resnet18-released.pth"  # a torchvision-format file, as torchvision releases it
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), released)
+    imported = tmp_path / "imported"
+    import_checkpoint(released, "resnet18_imagenet", imported)
+    path = write_space(tmp_path, teacher=str(imported), distill={"method": "kd"})
+    raw = yaml.safe_load(path.read_text())
+    raw["base"]["teacher"]["arch"] = "resnet18_imagenet"
+    path.write_text(yaml.safe_dump(raw))
+    space = load_space(path)
+    uri, client = store
+    ref, files, seen = tuning_teacher(space, uri, client, experiment(client, request), resume=False)
+    assert ref == str(imported) and files and "imported released checkpoint (resnet18-released.pth)" in seen
+    out = capsys.readouterr().out
+    assert f"warning: the tuning teacher {imported} may have seen the validation split" in out

@@ -42,6 +42,15 @@ CIFAR_TEACHER = {
     "teacher.mode": "joint",           # train_teacher_cifar.sh:1-29  no --freezed
     "teacher.aux_stages": "all",
 }
+# CIFAR-100 frozen-backbone teacher, the HSAKD column (train_teacher_freezed.sh, README.md:52-59: --freezed with a
+# pretrained backbone): the joint teacher's settings but for the schedule.
+CIFAR_FROZEN_TEACHER = {
+    **CIFAR_TEACHER,
+    "optim.milestones": [30, 60, 90],  # train_teacher_freezed.sh:3  --milestones 30 60 90 --epochs 100
+    "train.epochs": 100,               # train_teacher_freezed.sh:3
+    "teacher.mode": "frozen",          # train_teacher_freezed.sh:8  --freezed
+}
+FROZEN_SETS = ["teacher.config.teacher.mode=frozen", "teacher.config.teacher.pretrained=backbones/teacher"]
 # Per pair: teacher, student, the student's lr and where it comes from (the joint-teacher section of
 # train_student_cifar.sh, lines 60-114), and the published top-1: student alone, HSAKD, HSAKD* (README.md:110-121).
 PAIRS = {
@@ -163,3 +172,21 @@ def test_space_cites_the_row_of_its_teacher_mode(stem: str) -> None:
     label = "HSAKD*" if cited == hsakd_star else "HSAKD"
     assert f"{label} {cited:.2f}" in header and f"{alone:.2f}" in header
     assert f"{other:.2f}" not in header
+
+
+@pytest.mark.parametrize("stem", list(PAIRS))
+def test_cifar_frozen_teacher_option_is_the_reference_frozen_backbone_setting(stem: str) -> None:
+    """The documented option of every CIFAR space: a frozen backbone's heads train on the reference's 100-epoch
+    schedule, the students keep theirs, and the final stage cites the HSAKD column (not HSAKD*)."""
+    from hsakd_ray.tune.final_runs import teacher_mode
+    from hsakd_ray.tune.published import published_figure
+
+    frozen = load_space(SPACES / f"{stem}.yaml", FROZEN_SETS)
+    want = {**CIFAR_FROZEN_TEACHER, "teacher.arch": PAIRS[stem][0]}
+    assert {key: value(frozen.teacher_config, key) for key in want} == want
+    assert frozen.teacher_config.teacher.pretrained == "backbones/teacher"
+    assert {key: value(frozen.base, key) for key in expected_student(stem)} == expected_student(stem)
+    assert published_figure(stem, "hsakd", teacher_mode(frozen)) == (PAIRS[stem][3][1], "HSAKD")
+    assert published_figure(stem, "hsakd", teacher_mode(space(stem))) == (PAIRS[stem][3][2], "HSAKD*")
+    header = (SPACES / f"{stem}.yaml").read_text()
+    assert "--set teacher.config.teacher.mode=frozen --set teacher.config.teacher.pretrained=" in header

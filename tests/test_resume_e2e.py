@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import signal
-import time
 
 import pytest
 import yaml
 from conftest import run_cli, server_pids, start_cli, wait_for_no_processes
 from mlflow.tracking import MlflowClient
-from test_tune_e2e import runs_by_kind, tiny_space
+from test_tune_e2e import runs_by_kind, start_sweep_until_a_trial_trains, tiny_space
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +19,7 @@ pytestmark = pytest.mark.slow
 def test_a_resumed_sweep_ranks_and_tags_every_trial_by_its_mlflow_run(tmp_path):
     space = tiny_space(tmp_path, epochs=3)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log1.txt")
-    deadline = time.monotonic() + 600
-    while True:  # interrupt once a trial has logged an epoch and is still training
-        assert proc.poll() is None, (tmp_path / "log1.txt").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no trial reported an epoch in time"
-        time.sleep(1)
-        exp = client.get_experiment_by_name("resume")
-        trials = client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'") if exp else []
-        if any(t.info.status == "RUNNING" and client.get_metric_history(t.info.run_id, "val/top1") for t in trials):
-            break
+    proc = start_sweep_until_a_trial_trains(space, client, tmp_path, tmp_path / "log1.txt")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == 130, (tmp_path / "log1.txt").read_text()[-3000:]
     assert not wait_for_no_processes(exclude=server_pids(), timeout=60), "processes left behind"

@@ -74,6 +74,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert sorted(teachers) == ["quickstart-final-teacher", "quickstart-teacher"]  # tuning split, whole set
     (parent,) = runs["tune"]
     assert parent.info.status == "FINISHED" and all(t.info.status == "FINISHED" for t in teachers.values())
+    assert parent.data.tags["hsakd.teacher_saw_validation"] == "false" and "warning:" not in log
     children = runs["trial"]
     assert len(children) == space["tune"]["num_samples"]
     assert len({c.data.tags["hsakd.trial_id"] for c in children}) == len(children)  # one run per trial
@@ -399,6 +400,21 @@ def untrained_teacher(tmp_path: Path, arch: str = "resnet8") -> str:
     return str(tmp_path / "teacher")
 
 
+def start_sweep_until_a_trial_trains(space: Path, client: MlflowClient, cwd: Path, log: Path):
+    """``hsakd-ray tune SPACE`` started, returned once a trial of experiment ``resume`` has logged an epoch and is
+    still training (the moment the interrupt tests send their signal)."""
+    proc = start_cli("tune", str(space), cwd=cwd, log=log)
+    deadline = time.monotonic() + 600
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial reported an epoch in time"
+        time.sleep(1)
+        exp = client.get_experiment_by_name("resume")
+        trials = client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'") if exp else []
+        if any(t.info.status == "RUNNING" and client.get_metric_history(t.info.run_id, "val/top1") for t in trials):
+            return proc
+
+
 def small_space(tmp_path: Path, name: str, search: dict, teacher: str | None = None, epochs: int = 2,
                 **tune_keys) -> Path:
     """A sweep of CE-only students (no teacher to train): the quickest real sweep, 1-CPU trials one at a time. With
@@ -454,6 +470,9 @@ def test_asha_stops_a_trial_below_the_rung_and_the_best_trial_is_the_top_scorer(
     assert hit_fractions(client, fast) == {1: 0.0, 2: 0.0, 3: 0.0}
     assert hit_fractions(client, slow) == {1: 1.0, 2: 1.0} and slow.data.tags["teacher_cache.shared"] == "read"
     assert parent.data.tags["teacher_cache.summary"].startswith("1 of 2 trials read")
+    # the given teacher's config has no validation split: it may have trained on the images the trials rank on
+    assert parent.data.tags["hsakd.teacher_saw_validation"] == "true"
+    assert "warning: the tuning teacher" in (tmp_path / "log.txt").read_text()
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
 
 
@@ -502,6 +521,9 @@ def test_optuna_search_end_to_end(tmp_path):
     # shared teacher outputs (kd from one teacher): the second trial read the first one's
     assert sorted(hit_fractions(client, c)[1] for c in runs["trial"]) == [0.0, 1.0]
     assert parent.data.tags["teacher_cache.summary"].startswith("1 of 2 trials read")
+    # the given teacher's config has no validation split: it may have trained on the images the trials rank on
+    assert parent.data.tags["hsakd.teacher_saw_validation"] == "true"
+    assert "warning: the tuning teacher" in (tmp_path / "log.txt").read_text()
     exp_path = tmp_path / "ray_results" / "optuna"  # Tune saved a Searcher's state, not the random generator's
     assert list(exp_path.glob("searcher-state-*.pkl")) and not list(exp_path.glob("basic-variant-state-*"))
     assert not wait_for_no_processes(exclude=server_pids()), "processes left behind"
@@ -522,17 +544,7 @@ def test_ctrl_c_marks_the_sweep_killed_and_resume_from_a_relative_path_finishes_
     epochs = 4
     space = tiny_space(tmp_path, epochs=epochs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = start_cli("tune", str(space), cwd=tmp_path, log=tmp_path / "log1.txt")
-    deadline = time.monotonic() + 600
-    while True:  # interrupt once a trial has logged an epoch and is still training
-        assert proc.poll() is None, (tmp_path / "log1.txt").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no trial reported an epoch in time"
-        time.sleep(1)
-        exp = client.get_experiment_by_name("resume")
-        trials = client.search_runs([exp.experiment_id], "tags.`hsakd.kind` = 'trial'") if exp else []
-        if any(t.info.status == "RUNNING" and len(client.get_metric_history(t.info.run_id, "val/top1")) >= 1
-               for t in trials):
-            break
+    proc = start_sweep_until_a_trial_trains(space, client, tmp_path, tmp_path / "log1.txt")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=300)

@@ -172,3 +172,53 @@ def test_worker_threads_match_the_cpus_a_worker_reserves():
     from hsakd_ray.train.worker import worker_threads
 
     assert [worker_threads(c) for c in (0.45, 0.95, 1, 1.95, 2, 4)] == [1, 1, 1, 2, 2, 4]
+
+
+# ---------------------------------------------------------------- the teacher a sweep trains: --set and frozen mode
+FROZEN_SCHEDULE = {"train": {"epochs": 7}, "optim": {"milestones": [2, 4]}}
+
+
+def frozen_space(tmp_path, **teacher_keys):
+    teacher = {"config": {"teacher": {"arch": "resnet14", "aux_stages": "all"}, "train": {"epochs": 3}},
+               **teacher_keys}
+    return write_space(tmp_path, teacher=teacher)
+
+
+def test_set_teacher_config_keys_set_the_trained_teacher_and_leave_the_students_base(tmp_path):
+    space = load_space(frozen_space(tmp_path), ["teacher.config.train.epochs=5", "optim.lr=0.02",
+                                                "teacher.config.optim.weight_decay=0.001"])
+    t = space.teacher_config
+    assert (t.train.epochs, t.optim.weight_decay, t.optim.lr) == (5, 0.001, 0.02)  # base lr reaches the teacher too
+    assert (space.base.train.epochs, space.base.optim.weight_decay, space.base.optim.lr) == (4, 5e-4, 0.02)
+
+
+def test_a_frozen_teacher_trains_on_the_spaces_frozen_sections_and_a_joint_one_ignores_them(tmp_path):
+    path = frozen_space(tmp_path, frozen=FROZEN_SCHEDULE)
+    joint = load_space(path).teacher_config
+    assert (joint.teacher.mode, joint.train.epochs, joint.optim.milestones) == ("joint", 3, [])
+    frozen = load_space(path, ["teacher.config.teacher.mode=frozen", "teacher.config.teacher.pretrained=bb"])
+    t = frozen.teacher_config
+    assert (t.teacher.mode, t.teacher.pretrained, t.train.epochs, t.optim.milestones) == ("frozen", "bb", 7, [2, 4])
+    assert frozen.base.train.epochs == 4  # the students' schedule is the base's
+    mine = load_space(path, ["teacher.config.teacher.mode=frozen", "teacher.config.teacher.pretrained=bb",
+                             "teacher.config.train.epochs=9"]).teacher_config
+    assert (mine.train.epochs, mine.optim.milestones) == (9, [2, 4])  # --set wins over the frozen sections
+
+
+@pytest.mark.parametrize("teacher_keys, sets, message", [
+    ({}, ["teacher.config.teacher.mode=frozen"], "teacher.config.teacher.pretrained: a mode: frozen teacher"),
+    ({"frozen": {"train": {"epocs": 100}}}, [], "train.epocs"),
+    ({"frozen": {"train": 100}}, [], "teacher.frozen must map config sections"),
+    ({}, ["teacher.config.train.epochs=oops"], "train.epochs"),
+])
+def test_bad_teacher_settings_are_refused_naming_the_key(tmp_path, teacher_keys, sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_space(frozen_space(tmp_path, **teacher_keys), sets)
+
+
+def test_teacher_config_sets_and_frozen_sections_need_a_teacher_the_sweep_trains(tmp_path):
+    path = write_space(tmp_path, teacher="runs:/abc/checkpoint")
+    with pytest.raises(ConfigError, match="--set teacher.config.train.epochs: this space's teacher is a checkpoint"):
+        load_space(path, ["teacher.config.train.epochs=5"])
+    with pytest.raises(ConfigError, match="teacher must be"):
+        load_space(write_space(tmp_path, teacher={"checkpoint": "x", "frozen": FROZEN_SCHEDULE}))

@@ -11,9 +11,10 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from ..config import ConfigError, config_from_dict
+from ..config import Config, ConfigError, config_from_dict, load_config
 from ..distill.methods import method_spec
 from ..engine import read_meta
+from ..engine.checkpoint import CONFIG_FILE
 from ..engine.selection import kept_metric
 from ..errors import Terminated
 from ..tracking import runs as R
@@ -52,12 +53,32 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
         check_placement(cfg, teacher_stages, where)
 
 
-def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str,
-                   resume: bool, exp_path: str | None = None) -> tuple[str | None, dict[str, bytes] | None]:
-    """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files). An
-    interrupted teacher is continued by ``--resume`` (the same MLflow run, from its Train checkpoint)."""
+SAW_VALIDATION_TAG = "hsakd.teacher_saw_validation"  # "true": the ranking's validation split trained the teacher
+
+
+def saw_validation(base: Config, local: Path) -> str | None:
+    """Why a given tuning teacher may have trained on the sweep's validation split, or None when its checkpoint shows
+    it trained on the same tuning split (same dataset, ``val_fraction`` and ``split_seed``): an imported released
+    teacher trained on the whole training set, so trials that copy it score well on validation images it learned."""
+    meta = read_meta(local)
+    if meta.get("kind") == "import":
+        return f"it is an imported released checkpoint ({Path(meta.get('source') or local).name})"
+    trained = load_config(local / CONFIG_FILE).data
+    ours = base.data
+    if (trained.name, trained.val_fraction, trained.split_seed) != (ours.name, ours.val_fraction, ours.split_seed):
+        return (f"it trained on {trained.name} with data.val_fraction {trained.val_fraction} and data.split_seed "
+                f"{trained.split_seed}; this sweep validates on {ours.name} with {ours.val_fraction} and "
+                f"{ours.split_seed}")
+    return None
+
+
+def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experiment_id: str, resume: bool,
+                   exp_path: str | None = None) -> tuple[str | None, dict[str, bytes] | None, str | None]:
+    """Train the teacher once (reused on --resume) or resolve the given reference; returns (ref, files, why it may
+    have seen the validation split or None). An interrupted teacher is continued by ``--resume`` (the same MLflow
+    run, from its Train checkpoint)."""
     if not method_spec(space.base.distill.method).needs_teacher:
-        return None, None
+        return None, None, None
     ref = space.teacher_ref
     if space.teacher_config is not None:
         name = f"{space.name}-teacher"
@@ -85,7 +106,12 @@ def tuning_teacher(space: SearchSpace, uri: str, client: MlflowClient, experimen
         raise ConfigError(f"teacher checkpoint {ref} holds {meta['arch']!r}, but teacher.arch is "
                           f"{space.base.teacher.arch!r}")
     check_placements(space, list(meta["aux_stages"]))
-    return ref, read_checkpoint_files(local)
+    seen = None if space.teacher_config is not None else saw_validation(space.base, local)
+    if seen:
+        print(f"warning: the tuning teacher {ref} may have seen the validation split the trials are ranked on: "
+              f"{seen}. Rankings can favour students that copy it; train the teacher in the space "
+              "(teacher: {config: ...}) for a clean search.", flush=True)
+    return ref, read_checkpoint_files(local), seen
 
 
 class SweepInterrupt:
@@ -159,12 +185,14 @@ def _run_sweep(sweep: Sweep) -> dict:
 
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
-    teacher_ref, teacher_files = tuning_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
+    teacher_ref, teacher_files, seen = tuning_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
     restore = bool(resume) and tune.Tuner.can_restore(exp_path)  # else interrupted before the trials started
     metric, mode = tuning_metric(space), space.tune.mode
     tags = R.base_tags("tune", space.name)
     tags.update({"hsakd.space_file": str(Path(space_path).resolve()), "ray.experiment_path": exp_path,
                  "hsakd.teacher_source": teacher_ref or "none", "hsakd.metric": metric})
+    if teacher_ref:
+        tags[SAW_VALIDATION_TAG] = "true" if seen else "false"
     params = {f"search.{k}": v for k, v in space.search.items()} | {
         "tune.scheduler": space.tune.scheduler.type, "tune.search_alg": space.tune.search_alg,
         "tune.num_samples": space.tune.num_samples, "tune.metric": metric}

@@ -169,6 +169,35 @@ def _validate_search(search: dict, base_raw: dict, teacher_stages: list[int] | N
         check_placement(config_from_dict(base_raw), teacher_stages, "student.aux_stages")
 
 
+TEACHER_CONFIG_PREFIX = "teacher.config."  # --set teacher.config.SECTION.KEY=VALUE sets the teacher the sweep trains
+
+
+def merge_sections(raw: dict, sections: Any, where: str) -> dict:
+    """``raw`` with each section of ``sections`` (a mapping of config sections) merged over its own."""
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) or v is None for v in sections.values()):
+        raise ConfigError(f"{where} must map config sections to mappings, e.g. {{train: {{epochs: 100}}}}")
+    out = apply_params(raw, {})
+    for section, values in sections.items():
+        out[section] = {**(out.get(section) or {}), **(values or {})}
+    return out
+
+
+def teacher_config(base_raw: dict, sections: Any, frozen: Any, overrides: list[str]) -> Config:
+    """The teacher the sweep trains once: the base config, then the space's ``teacher.config`` sections, then, for a
+    ``teacher.mode: frozen`` teacher, the space's ``teacher.frozen`` sections (the CIFAR spaces give the reference's
+    frozen-backbone schedule there: 100 epochs, decays at 30/60/90), then ``--set teacher.config.*``."""
+    raw = merge_sections(base_raw, sections or {}, "teacher.config")
+    sets = [o.strip().removeprefix(TEACHER_CONFIG_PREFIX) for o in overrides]
+    cfg = config_from_dict(apply_overrides(raw, sets))
+    if frozen is not None:
+        as_frozen = config_from_dict(apply_overrides(merge_sections(raw, frozen, "teacher.frozen"), sets))
+        cfg = as_frozen if cfg.teacher.mode == "frozen" else cfg  # (as_frozen checks the sections in either mode)
+    if cfg.teacher.mode == "frozen" and not cfg.teacher.pretrained:
+        raise ConfigError("teacher.config.teacher.pretrained: a mode: frozen teacher keeps a trained backbone; give "
+                          "its weights (a state dict file, or a folder from hsakd-ray import)")
+    return cfg
+
+
 def check_placement(cfg: Config, teacher_stages: Sequence[int] | None, where: str) -> None:
     """HSAKD pairs every student head with the teacher head at its stage: the one rule, ``student_head_stages``."""
     from ..models import PlacementError, student_head_stages
@@ -197,7 +226,8 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
         merged = dict(base_raw.get(section) or {})
         merged.update(values or {})
         base_raw[section] = merged
-    base_raw = apply_overrides(base_raw, list(overrides))
+    teacher_sets = [o for o in overrides if o.strip().startswith(TEACHER_CONFIG_PREFIX)]
+    base_raw = apply_overrides(base_raw, [o for o in overrides if o not in teacher_sets])
     base_raw.setdefault("data", {})
     if not base_raw["data"].get("val_fraction"):
         base_raw["data"]["val_fraction"] = 0.1  # docs/method.md, "Tuning protocol": tune on a held-out split
@@ -210,23 +240,22 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     teacher_ref, teacher_cfg, teacher_stages = None, None, None
     if isinstance(teacher, str):
         teacher_ref = teacher
-    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config", "final_checkpoint"} and \
-            len(set(teacher) & {"checkpoint", "config"}) == 1:
+    elif isinstance(teacher, dict) and set(teacher) <= {"checkpoint", "config", "frozen", "final_checkpoint"} and \
+            len(set(teacher) & {"checkpoint", "config"}) == 1 and ("frozen" not in teacher or "config" in teacher):
         if "checkpoint" in teacher:
             teacher_ref = str(teacher["checkpoint"])
         else:
-            t_raw = apply_params(base_raw, {})
-            for section, values in (teacher["config"] or {}).items():
-                merged = dict(t_raw.get(section) or {})
-                merged.update(values or {})
-                t_raw[section] = merged
-            teacher_cfg = config_from_dict(t_raw)
+            teacher_cfg = teacher_config(base_raw, teacher["config"], teacher.get("frozen"), teacher_sets)
             t = teacher_cfg.teacher
             teacher_stages = list(resolve_aux_stages(t.aux_stages, num_stages(t.arch), t.arch))
     elif method_spec(base.distill.method).needs_teacher or teacher is not None:
         raise ConfigError("teacher must be a checkpoint reference (path, runs:/..., models:/...) "
-                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}}, "
+                          "or a mapping {checkpoint: REF} or {config: {teacher: ..., train: ...}} (with frozen: "
+                          "{train: ..., optim: ...}, the sections a mode: frozen teacher uses instead), "
                           "optionally with final_checkpoint: REF (the final run's teacher)")
+    if teacher_sets and teacher_cfg is None:
+        raise ConfigError(f"--set {teacher_sets[0].split('=', 1)[0].strip()}: this space's teacher is a checkpoint "
+                          "reference, not a config; teacher.config.* keys set a teacher the sweep trains")
     if teacher_ref and base.teacher.checkpoint is None:
         base.teacher.checkpoint = teacher_ref
 
