@@ -85,10 +85,14 @@ class Browser:
         await self.call("Page.navigate", url=url)
 
     async def wait_for(self, expression: str, timeout: float = 60.0):
-        """Poll ``expression`` until it is truthy; returns its value (None after ``timeout``)."""
+        """Poll ``expression`` until it is truthy; returns its value (None after ``timeout``). An exception counts as
+        not yet: while a page navigates its document may have no body."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = await self.js(expression)
+            try:
+                value = await self.js(expression)
+            except RuntimeError:
+                value = None
             if value:
                 return value
             await asyncio.sleep(0.3)

@@ -1,6 +1,8 @@
 """The MLflow UI opens where a person expects: experiments are tagged as model training, the printed addresses open
 the runs view, and in a real browser (headless Chromium) the experiment page lists the sweep's parent run and every
-trial run. The browser test saves its screenshot (``HSAKD_SCREENSHOT_DIR=docs/img`` refreshes the docs' copy)."""
+trial and final run under it, the Models tab lists each final student's LoggedModel, and the parent's page shows the
+results table as its description. The browser test saves its screenshot (``HSAKD_SCREENSHOT_DIR=docs/img`` refreshes
+the docs' copy)."""
 from __future__ import annotations
 
 import asyncio
@@ -63,13 +65,60 @@ def make_sweep(uri: str, name: str, trials: int) -> tuple[str, str, dict[str, st
     return experiment_id, parent, children
 
 
+def add_final_runs(uri: str, experiment_id: str, parent: str, name: str, checkpoint: Path) -> dict[str, str]:
+    """The sweep's final stage as hsakd-ray records it (tune/final_runs.py): per method a child run tagged final, with
+    its test summary and its student logged as a LoggedModel from a real checkpoint; the results table as the
+    parent's description. Returns {run_id: run name}."""
+    from hsakd_ray.train.student_model import log_student_model
+    from hsakd_ray.tune.report import (
+        FINAL_METHOD_TAG,
+        FINAL_SEED_TAG,
+        FINAL_TAG,
+        NOTE_TAG,
+        finished_final_runs,
+        method_results,
+        results_markdown,
+    )
+
+    client = MlflowClient(uri)
+    finals = {}
+    for method, top1 in (("hsakd", 91.5), ("ce", 88.0)):
+        run_name = f"{name}-final-{method}-seed0"
+        run_id = R.start_run(client, experiment_id, run_name, {
+            **R.base_tags("distill", run_name), R.PARENT_TAG: parent, FINAL_TAG: "true", FINAL_METHOD_TAG: method,
+            FINAL_SEED_TAG: "0"}, params={"train.epochs": 4, "train.precision": "fp32"})
+        for key, value in (("test/top1_last", top1), ("test/top1_best_epoch", top1 + 0.5)):
+            client.log_metric(run_id, key, value, step=0)
+        log_student_model(client, run_id, checkpoint)
+        R.finish_run(client, run_id, "FINISHED")
+        finals[run_id] = run_name
+    markdown = results_markdown(f"Final runs of {name}", method_results(finished_final_runs(client, parent),
+                                                                        ["hsakd", "ce"]))
+    client.set_tag(parent, NOTE_TAG, markdown)
+    return finals
+
+
+def student_checkpoint(path: Path) -> Path:
+    """A real distill checkpoint folder of a resnet8 student on 16 px digits."""
+    from hsakd_ray.config import config_from_dict, dump_config
+    from hsakd_ray.engine import write_checkpoint
+    from hsakd_ray.models import build_model
+
+    net = build_model("resnet8", 10, [])
+    cfg = config_from_dict({"data": {"name": "digits", "image_size": 16}, "student": {"arch": "resnet8"}})
+    meta = {"kind": "distill", "method": "hsakd", "arch": "resnet8", "num_classes": 10, "aux_stages": [],
+            "epoch": 4, "metrics": {}, "dataset": "digits"}
+    return write_checkpoint(path, model_state=net.state_dict(), meta=meta, config_yaml=dump_config(cfg))
+
+
 ROW_NAMES = "[...document.querySelectorAll('[role=row][row-id] a[href*=\"/runs/\"]')].map(a => a.textContent)"
 EXPAND = ("[...document.querySelectorAll('button[data-component-id$=\"runnamecellrenderer.tsx_46\"]')]"
           ".map(b => (b.click(), 1)).length")
 
 
-async def browse(binary: str, lines: list[str], shot: Path) -> dict:
-    """Open the printed addresses as a person would; what the pages show."""
+async def browse(binary: str, lines: list[str], shot: Path, model_runs: list[str]) -> dict:
+    """Open the printed addresses as a person would; what the pages show (the Models tab once every run of
+    ``model_runs`` is listed as a source run, or None)."""
     run_url = lines[-2].split()[-1]
     runs_url = lines[-1].split()[-1]
     seen = {}
@@ -88,17 +137,32 @@ async def browse(binary: str, lines: list[str], shot: Path) -> dict:
         text = "document.body.innerText"
         seen["run_page"] = await page.wait_for(f"{text}.includes('best_val/top1') && {text}")
         seen["run_location"] = await page.js("location.href")
+        await page.goto(runs_url.replace("/runs?", "/models?"))  # the experiment's Models tab
+        listed = " && ".join(f"{text}.includes('{run_name}')" for run_name in ["Source run", *model_runs])
+        seen["models_page"] = await page.wait_for(f"{listed} && {text}")
+        seen["model_links"] = await page.js("[...document.querySelectorAll('a[href*=\"/models/m-\"]')]"
+                                            ".map(a => a.getAttribute('href'))")
     return seen
 
 
-def test_browser_shows_the_sweep_parent_and_every_trial(mlflow_server, tmp_path):
+async def open_final_run(binary: str, url: str, experiment_id: str, run_id: str) -> str:
+    """The text of a final run's page once its "Logged models" section has loaded."""
+    async with Browser(binary) as page:
+        await page.goto(f"{url}/#/experiments/{experiment_id}/runs/{run_id}")
+        return await page.wait_for("document.body.innerText.includes('Logged models (1)') && document.body.innerText")
+
+
+def test_browser_shows_the_sweep_its_trials_and_final_runs_and_the_students_in_the_models_tab(mlflow_server,
+                                                                                             tmp_path):
     binary = find_chromium()
     if binary is None:
         pytest.skip("chromium not found on PATH (Debian: apt-get install chromium; .ci/run installs it)")
     name = f"ui-sweep-{os.getpid()}"
-    experiment_id, parent, children = make_sweep(mlflow_server, name, trials=4)
+    experiment_id, parent, trials = make_sweep(mlflow_server, name, trials=4)
+    finals = add_final_runs(mlflow_server, experiment_id, parent, name, student_checkpoint(tmp_path / "student"))
+    children = {**trials, **finals}
     lines = ui_lines(mlflow_server, experiment_id, parent, "sweep")
-    seen = asyncio.run(browse(binary, lines, tmp_path / "mlflow_ui.png"))
+    seen = asyncio.run(browse(binary, lines, tmp_path / "mlflow_ui.png", list(finals.values())))
 
     assert f"/experiments/{experiment_id}/runs" in seen["location"]  # the runs view, not the GenAI overview
     assert "overview" not in seen["location"]
@@ -107,6 +171,15 @@ def test_browser_shows_the_sweep_parent_and_every_trial(mlflow_server, tmp_path)
     assert seen["expanded"][0] == name
     assert sorted(seen["expanded"][1:]) == sorted(children.values())
     assert seen["run_page"] and name in seen["run_page"] and parent in seen["run_page"]
+    assert f"Final runs of {name}" in seen["run_page"]  # the results table is the parent's description
+    # the Models tab: one "student" LoggedModel per final run, each naming its source run
+    models = MlflowClient(mlflow_server).search_logged_models([experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(finals)
+    assert sorted(seen["model_links"]) == sorted(f"#/experiments/{experiment_id}/models/{m.model_id}" for m in models)
+    assert seen["models_page"] and "student" in seen["models_page"]
+    hsakd_run = next(r for r, n in finals.items() if "-hsakd-" in n)
+    final_page = asyncio.run(open_final_run(binary, mlflow_server, experiment_id, hsakd_run))
+    assert final_page and "student" in final_page and f"Parent run\n{name}" in final_page
     assert "overview" not in seen["run_location"]
     assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
     if os.environ.get("HSAKD_SCREENSHOT_DIR"):
