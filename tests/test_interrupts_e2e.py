@@ -16,16 +16,11 @@ import pytest
 import yaml
 from conftest import BIN, server_pids, start_cli, wait_for_no_processes
 from mlflow.tracking import MlflowClient
+from test_tune_e2e import runs_by_kind
+
+from hsakd_ray.tune.sweep_checks import SNAPSHOT
 
 pytestmark = pytest.mark.slow
-
-
-def runs_by_kind(client: MlflowClient, experiment: str) -> dict[str, list]:
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for run in client.search_runs([exp.experiment_id], max_results=1000) if exp else []:
-        out.setdefault(run.data.tags.get("hsakd.kind"), []).append(run)
-    return out
 
 
 def wait_until(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 600) -> None:
@@ -80,6 +75,7 @@ def test_ctrl_c_while_the_shared_teacher_trains_is_continued_by_resume(tmp_path)
     assert "--resume" in log1.read_text()
     (teacher,) = runs_by_kind(client, "teach")["teacher"]
     assert teacher.info.status == "KILLED"
+    assert (tmp_path / "ray_results" / "teach" / SNAPSHOT).is_file()  # --resume checks the space from here on
     assert not wait_for_no_processes(exclude=server_pids(), timeout=60), "processes left behind"
 
     rerun = subprocess.run([str(BIN / "hsakd-ray"), "tune", str(space)], cwd=tmp_path, capture_output=True,

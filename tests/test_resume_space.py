@@ -35,7 +35,7 @@ def started(tmp_path):
     raw["tune"]["name"] = "sweep"
     space = write(tmp_path / "space.yaml", raw)
     exp = tmp_path / "ray_results" / "sweep"
-    record_space(space_snapshot(load_space(space)), "sweep", str(exp))  # what the sweep keeps when tuning starts
+    record_space(space_snapshot(load_space(space)), "sweep", str(exp), resume=False)  # what a sweep keeps first
     (exp / "tuner.pkl").write_bytes(b"")  # what Tune's Tuner.can_restore looks for
     return space, raw, exp
 
@@ -66,3 +66,30 @@ def test_resume_with_a_changed_override_is_refused_and_the_same_space_passes_the
     assert "started with (optim.lr, teacher.config.optim.lr;" in one_line_error(capsys)  # the teacher reads it too
     assert main(["tune", str(space), "--resume", str(exp), "--set", "ray.address=auto"]) == 2  # allowed to change
     assert "training set not found" in one_line_error(capsys)  # past the space check: the next check's refusal
+
+
+def test_a_sweep_stopped_before_tune_started_is_resumed_with_its_space_checked(tmp_path, capsys, monkeypatch,
+                                                                               started):
+    """The snapshot is written before the teacher trains: a sweep interrupted there (no Tune state yet) resumes,
+    with an edited space refused like any resume; a plain rerun points to --resume."""
+    space, raw, exp = started
+    (exp / "tuner.pkl").unlink()  # Tune never started
+    (tmp_path / "ray_results" / "sweep-teacher").mkdir()  # the teacher's Train run, interrupted
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", str(space)]) == 2
+    assert "was interrupted while its teacher trained" in one_line_error(capsys)
+    raw["base"]["train"]["epochs"] = 3
+    write(tmp_path / "edited.yaml", raw)
+    assert main(["tune", str(tmp_path / "edited.yaml"), "--resume", str(exp)]) == 2
+    assert "the space differs from the one this experiment started with (train.epochs;" in one_line_error(capsys)
+    assert main(["tune", str(space), "--resume", str(exp)]) == 2
+    assert "training set not found" in one_line_error(capsys)  # past the resume checks
+
+
+def test_a_new_sweep_rewrites_a_snapshot_left_before_tune_started_and_a_resume_keeps_it(tmp_path):
+    exp = tmp_path / "exp"
+    record_space({"train.epochs": 4}, "sweep", str(exp), resume=False)
+    record_space({"train.epochs": 3}, "sweep", str(exp), resume=True)
+    assert yaml.safe_load((exp / SNAPSHOT).read_text()) == {"train.epochs": 4}
+    record_space({"train.epochs": 3}, "sweep", str(exp), resume=False)
+    assert yaml.safe_load((exp / SNAPSHOT).read_text()) == {"train.epochs": 3}

@@ -31,7 +31,7 @@ QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 def runs_by_kind(client: MlflowClient, experiment: str) -> dict[str, list]:
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list] = {}
-    for run in client.search_runs([exp.experiment_id], max_results=1000):
+    for run in client.search_runs([exp.experiment_id], max_results=1000) if exp else []:  # none yet: no runs
         out.setdefault(run.data.tags.get("hsakd.kind"), []).append(run)
     return out
 

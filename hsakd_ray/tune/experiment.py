@@ -185,6 +185,7 @@ def _run_sweep(sweep: Sweep) -> dict:
 
     experiment_id = R.get_experiment_id(client, space.base.tracking.experiment)
     R.reconcile_orphans(client, [experiment_id])
+    record_space(started_with, space.name, exp_path, bool(resume))  # before the teacher: --resume from there checks it
     teacher_ref, teacher_files, seen = tuning_teacher(space, uri, client, experiment_id, bool(resume), exp_path)
     restore = bool(resume) and tune.Tuner.can_restore(exp_path)  # else interrupted before the trials started
     metric, mode = tuning_metric(space), space.tune.mode
@@ -203,7 +204,6 @@ def _run_sweep(sweep: Sweep) -> dict:
         train_storage = str(Path(storage) / f"{space.name}-trials")
         logger = MLflowTrialLogger(uri, experiment_id, parent.run_id, space, train_storage)
         tuner = build_tuner(space, exp_path, storage, teacher_files, train_storage, logger, metric, mode, restore)
-        record_space(started_with, space.name, exp_path)
         resume_hint = f"experiment interrupted; continue with: hsakd-ray tune {space_path} --resume {exp_path}"
         with SweepInterrupt() as interrupt:
             try:

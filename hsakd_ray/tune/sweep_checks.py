@@ -78,16 +78,17 @@ def check_experiment(space: SearchSpace, uri: str, storage: str, exp_path: str, 
     if resume:
         from ray import tune  # only a resume asks Tune whether the experiment is there
 
-        interrupted_in_teacher = teacher_run is not None and Path(exp_path) == Path(storage) / space.name
-        if not tune.Tuner.can_restore(exp_path) and not interrupted_in_teacher:
+        before_trials = Path(exp_path) == Path(storage) / space.name and (
+            teacher_run is not None or (Path(exp_path) / SNAPSHOT).is_file())  # interrupted before Tune started
+        if not tune.Tuner.can_restore(exp_path) and not before_trials:
             raise ConfigError(f"--resume {resume}: no Tune experiment to restore at {exp_path}")
         check_space_unchanged(space, exp_path, resume)
-    if not resume and Path(exp_path).exists():
-        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
-                          "or set tune.name")
-    if not resume and teacher_run is not None:
+    if not resume and teacher_run is not None and not tune_started(exp_path):
         raise ConfigError(f"experiment {space.name!r} was interrupted while its teacher trained ({teacher_run}): "
                           f"continue it with --resume {exp_path}, or set tune.name")
+    if not resume and tune_started(exp_path):
+        raise ConfigError(f"experiment {space.name!r} already exists at {exp_path}: pass --resume {exp_path} "
+                          "or set tune.name")
     check_storage_path(storage)
     per_worker, workers, driver_cpu = trial_need(space)
     check_local_resources(per_worker, workers, TRIAL, address, extra_cpu=driver_cpu)
@@ -105,11 +106,18 @@ def _snapshot_file(exp_path: str) -> Path | None:
     return None if urlparse(exp_path).scheme not in ("", "file") else Path(exp_path) / SNAPSHOT
 
 
-def record_space(snapshot: dict, name: str, exp_path: str) -> None:
+def tune_started(exp_path: str) -> bool:
+    """Whether Tune wrote into the experiment directory (more than the space snapshot a sweep writes first)."""
+    path = Path(exp_path)
+    return path.is_dir() and any(p.name != SNAPSHOT for p in path.iterdir())
+
+
+def record_space(snapshot: dict, name: str, exp_path: str, resume: bool) -> None:
     """Keep the resolved space (``space_snapshot``, taken before the sweep's steps fill in the teacher's run name)
-    in the experiment directory, atomically, for ``--resume`` to compare against."""
+    in the experiment directory, atomically, for ``--resume`` to compare against: a new sweep writes it, a resumed
+    one keeps the one its experiment started with."""
     path = _snapshot_file(exp_path)
-    if path is None or path.exists():
+    if path is None or (resume and path.exists()):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
