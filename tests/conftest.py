@@ -6,6 +6,7 @@ this process's environment, so leftovers are found by that mark and never confus
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,19 +107,16 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) 
     raise TimeoutError(f"mlflow server at {url} not healthy after {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server_process(tmp_path_factory):
-    """Starts ``mlflow server`` (sqlite backend, local artifact root) on a free port of 127.0.0.1 without waiting
-    for it: a module can request this early so the server boots (its database migrations take tens of seconds)
-    while other tests run. Yields (process, url); stops the server by its pid, with its web workers, at the end.
-
-    Started in its own session, so the server and its workers form one process group with the server's pid."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def mlflow_server_on(backend_uri: str, artifact_root: Path, log_path: Path):
+    """``mlflow server`` over ``backend_uri`` on a free port of 127.0.0.1, not yet waited for; yields (process, url)
+    and stops it by its pid, with its web workers, at the end. Started in its own session, so the server and its
+    workers form one process group with the server's pid."""
     port = free_port()
-    log = open(root / "server.log", "wb")
+    log = open(log_path, "wb")
     process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
+         "--default-artifact-root", str(artifact_root), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -139,7 +137,17 @@ def mlflow_server_process(tmp_path_factory):
         deadline = time.monotonic() + 10
         while any(alive(p) for p in group) and time.monotonic() < deadline:
             time.sleep(0.2)
+        _server_pids.discard(process.pid)
         assert not [p for p in group if alive(p)], "mlflow server processes survived SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_process(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, local artifact root) started without waiting for it: a module can
+    request this early so the server boots (its database migrations take tens of seconds) while other tests run."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server_on(f"sqlite:///{root / 'server.db'}", root / "artifacts", root / "server.log") as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

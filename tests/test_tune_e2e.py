@@ -107,6 +107,32 @@ def test_quickstart_end_to_end(tmp_path):
     assert parent.data.metrics["best_val/top1"] == best_top1(client, best_child)  # the runs table sorts sweeps
     assert_final_stage(client, log, parent, runs["distill"], final_ref, results)
     assert not wait_for_no_processes(exclude=server_pids()), "the experiment left processes behind"
+    assert_ui_shows_the_sweep(tmp_path, parent, children, runs["distill"])
+
+
+def assert_ui_shows_the_sweep(tmp_path: Path, parent, trials: list, finals: list) -> None:
+    """The sweep's own store in the MLflow UI (a real ``mlflow server`` over its sqlite file, headless Chromium):
+    the trials and the final runs fold under the sweep's parent, and the Models tab lists each final student."""
+    import asyncio
+
+    from chromium import find_chromium
+    from conftest import mlflow_server_on, wait_for_health
+    from test_mlflow_ui import browse
+
+    from hsakd_ray.tracking.ui import ui_lines
+
+    binary = find_chromium()
+    if binary is None:  # test_mlflow_ui.py skips visibly; .ci/run installs chromium
+        print("chromium not found: the quickstart's MLflow UI was not opened")
+        return
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_server_on(store, tmp_path / "mlruns", tmp_path / "server.log") as (process, url):
+        wait_for_health(url, process)
+        lines = ui_lines(url, parent.info.experiment_id, parent.info.run_id, "sweep")
+        seen = asyncio.run(browse(binary, lines, tmp_path / "ui.png", [r.info.run_name for r in finals]))
+    assert parent.info.run_name in seen["collapsed"]
+    assert sorted(set(seen["expanded"]) - set(seen["collapsed"])) == sorted(r.info.run_name for r in trials + finals)
+    assert seen["models_page"] and len(seen["model_links"]) == len(finals)
 
 
 def assert_final_stage(client: MlflowClient, log: str, parent, finals: list, final_ref: str, results: Path) -> None:
