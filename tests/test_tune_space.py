@@ -210,6 +210,7 @@ def test_a_frozen_teacher_trains_on_the_spaces_frozen_sections_and_a_joint_one_i
     ({"frozen": {"train": {"epocs": 100}}}, [], "train.epocs"),
     ({"frozen": {"train": 100}}, [], "teacher.frozen must map config sections"),
     ({}, ["teacher.config.train.epochs=oops"], "train.epochs"),
+    ({}, ["teacher.config.train.epocs=3"], "^teacher: unknown config key 'train.epocs'"),
 ])
 def test_bad_teacher_settings_are_refused_naming_the_key(tmp_path, teacher_keys, sets, message):
     with pytest.raises(ConfigError, match=message):

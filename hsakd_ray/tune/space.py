@@ -245,7 +245,11 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
         if "checkpoint" in teacher:
             teacher_ref = str(teacher["checkpoint"])
         else:
-            teacher_cfg = teacher_config(base_raw, teacher["config"], teacher.get("frozen"), teacher_sets)
+            try:
+                teacher_cfg = teacher_config(base_raw, teacher["config"], teacher.get("frozen"), teacher_sets)
+            except ConfigError as exc:
+                message = str(exc)
+                raise ConfigError(message if message.startswith("teacher.") else f"teacher: {message}") from None
             t = teacher_cfg.teacher
             teacher_stages = list(resolve_aux_stages(t.aux_stages, num_stages(t.arch), t.arch))
     elif method_spec(base.distill.method).needs_teacher or teacher is not None:
