@@ -258,7 +258,7 @@ def test_a_given_teacher_is_flagged_unless_it_trained_on_the_sweeps_tuning_split
 
     base = load_space(write_space(tmp_path)).base  # digits, val_fraction 0.1, split_seed 0
     whole = teacher_checkpoint(tmp_path / "whole")  # trained with val_fraction 0: the whole training set
-    assert "data.val_fraction 0.0" in saw_validation(base, whole)
+    assert "data.val_fraction 0.0" in saw_validation(base, str(whole))  # a str, as resolve_checkpoint gives
     cfg = digits("data.val_fraction=0.1", "data.split_seed=3")
     other = write_checkpoint(tmp_path / "other", model_state={}, meta=read_meta(whole), config_yaml=dump_config(cfg))
     assert "data.split_seed 3" in saw_validation(base, other)

@@ -56,14 +56,14 @@ def check_placements(space: SearchSpace, teacher_stages: list[int]) -> None:
 SAW_VALIDATION_TAG = "hsakd.teacher_saw_validation"  # "true": the ranking's validation split trained the teacher
 
 
-def saw_validation(base: Config, local: Path) -> str | None:
+def saw_validation(base: Config, local: str | Path) -> str | None:
     """Why a given tuning teacher may have trained on the sweep's validation split, or None when its checkpoint shows
     it trained on the same tuning split (same dataset, ``val_fraction`` and ``split_seed``): an imported released
     teacher trained on the whole training set, so trials that copy it score well on validation images it learned."""
     meta = read_meta(local)
     if meta.get("kind") == "import":
         return f"it is an imported released checkpoint ({Path(meta.get('source') or local).name})"
-    trained = load_config(local / CONFIG_FILE).data
+    trained = load_config(Path(local) / CONFIG_FILE).data
     ours = base.data
     if (trained.name, trained.val_fraction, trained.split_seed) != (ours.name, ours.val_fraction, ours.split_seed):
         return (f"it trained on {trained.name} with data.val_fraction {trained.val_fraction} and data.split_seed "
