@@ -265,6 +265,8 @@ def test_a_given_teacher_is_flagged_unless_it_trained_on_the_sweeps_tuning_split
     same = write_checkpoint(tmp_path / "same", model_state={}, meta=read_meta(whole),
                             config_yaml=dump_config(digits("data.val_fraction=0.1")))
     assert saw_validation(base, same) is None
+    (same / "config.yaml").write_text("data: {name: digits, val_fraction: 0.1, sampler: old}\n")  # another version's
+    assert "config.yaml does not say which split it trained on" in saw_validation(base, same)
 
 
 def test_an_imported_released_teacher_is_flagged_in_the_console_and_returned(tmp_path, store, request, capsys):

@@ -63,7 +63,10 @@ def saw_validation(base: Config, local: str | Path) -> str | None:
     meta = read_meta(local)
     if meta.get("kind") == "import":
         return f"it is an imported released checkpoint ({Path(meta.get('source') or local).name})"
-    trained = load_config(Path(local) / CONFIG_FILE).data
+    try:
+        trained = load_config(Path(local) / CONFIG_FILE).data
+    except ConfigError as exc:
+        return f"its {CONFIG_FILE} does not say which split it trained on ({exc})"
     ours = base.data
     if (trained.name, trained.val_fraction, trained.split_seed) != (ours.name, ours.val_fraction, ours.split_seed):
         return (f"it trained on {trained.name} with data.val_fraction {trained.val_fraction} and data.split_seed "
