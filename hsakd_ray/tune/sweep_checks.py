@@ -107,9 +107,9 @@ def _snapshot_file(exp_path: str) -> Path | None:
 
 
 def tune_started(exp_path: str) -> bool:
-    """Whether Tune wrote into the experiment directory (more than the space snapshot a sweep writes first)."""
+    """Whether the experiment directory exists with more than the space snapshot a sweep writes before its teacher."""
     path = Path(exp_path)
-    return path.is_dir() and any(p.name != SNAPSHOT for p in path.iterdir())
+    return path.is_dir() and [p.name for p in path.iterdir()] != [SNAPSHOT]
 
 
 def record_space(snapshot: dict, name: str, exp_path: str, resume: bool) -> None:
