@@ -70,23 +70,16 @@ def add_final_runs(uri: str, experiment_id: str, parent: str, name: str, checkpo
     its test summary and its student logged as a LoggedModel from a real checkpoint; the results table as the
     parent's description. Returns {run_id: run name}."""
     from hsakd_ray.train.student_model import log_student_model
-    from hsakd_ray.tune.report import (
-        FINAL_METHOD_TAG,
-        FINAL_SEED_TAG,
-        FINAL_TAG,
-        NOTE_TAG,
-        finished_final_runs,
-        method_results,
-        results_markdown,
-    )
+    from hsakd_ray.tune.final_runs import FinalRun, final_run_tags
+    from hsakd_ray.tune.report import NOTE_TAG, finished_final_runs, method_results, results_markdown
 
     client = MlflowClient(uri)
     finals = {}
     for method, top1 in (("hsakd", 91.5), ("ce", 88.0)):
         run_name = f"{name}-final-{method}-seed0"
-        run_id = R.start_run(client, experiment_id, run_name, {
-            **R.base_tags("distill", run_name), R.PARENT_TAG: parent, FINAL_TAG: "true", FINAL_METHOD_TAG: method,
-            FINAL_SEED_TAG: "0"}, params={"train.epochs": 4, "train.precision": "fp32"})
+        tags = {**R.base_tags("distill", run_name), **final_run_tags(parent, FinalRun(method, 0, run_name))}
+        run_id = R.start_run(client, experiment_id, run_name, tags,
+                             params={"train.epochs": 4, "train.precision": "fp32"})
         for key, value in (("test/top1_last", top1), ("test/top1_best_epoch", top1 + 0.5)):
             client.log_metric(run_id, key, value, step=0)
         log_student_model(client, run_id, checkpoint)

@@ -46,6 +46,11 @@ def planned_runs(space: SearchSpace) -> list[FinalRun]:
     return [FinalRun(m, s, f"{space.name}-final-{m}-seed{s}") for m in methods for s in seeds]
 
 
+def final_run_tags(parent: str, run: FinalRun) -> dict[str, str]:
+    """The tags of a final run's MLflow run: a child of the sweep's parent, marked final, with its method and seed."""
+    return {R.PARENT_TAG: parent, FINAL_TAG: "true", FINAL_METHOD_TAG: run.method, FINAL_SEED_TAG: str(run.seed)}
+
+
 def final_run_config(space: SearchSpace, best_params: dict, teacher_ref: str | None, run: FinalRun) -> Config:
     """``best_config.yaml`` for the tuned method; the base config with ``distill.method`` swapped for a baseline. The
     registry (``tracking.register_model``) gets the tuned method's first seed only: the test set never chooses."""
@@ -92,10 +97,9 @@ def run_final_stage(space: SearchSpace, client: MlflowClient, parent: str, best_
         resume = started_before(client, experiment_id, parent, run.name, storage)
         print(f"final run {i}/{len(planned)} {run.name}: {run.method}, seed {run.seed}"
               f"{' (continued)' if resume else ''}", flush=True)
-        tags = {R.PARENT_TAG: parent, FINAL_TAG: "true", FINAL_METHOD_TAG: run.method, FINAL_SEED_TAG: str(run.seed)}
         try:
             run_ray_job(cfg, "distill", config_path=str(space.path), tracking_uri=client.tracking_uri, resume=resume,
-                        tags=tags)
+                        tags=final_run_tags(parent, run))
         except KeyboardInterrupt:
             print(f"final runs interrupted; continue with: hsakd-ray tune {space.path} --resume {exp_path}",
                   flush=True)
